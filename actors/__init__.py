@@ -1,0 +1,2 @@
+"""Ray actors that hold state. Each is a plain class; ``cluster.deploy`` applies
+``ray.remote`` with options from configuration."""

@@ -1,0 +1,1 @@
+"""Starting, joining and stopping raymail on a Ray cluster; the ``raymail`` command."""

@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket gateway: talks to clients, holds no mail state."""

@@ -1,0 +1,341 @@
+"""The HTTP API (DESIGN.md "HTTP API") as a Starlette application.
+
+Handlers parse and authorise, then call plain logic (``raymail.validation``,
+``raymail.compose``) and the shards; every error leaves as
+``{"error": {"code", "message"}}`` with a fitting status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from gateway import openapi, websocket
+from gateway.services import Services
+from raymail import addresses, compose
+from raymail.errors import (
+    ApiError,
+    BadRequest,
+    Gone,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    StorageError,
+    Unauthorized,
+    Unavailable,
+    Unprocessable,
+)
+from raymail.model import FOLDERS, Delete, Deliver, EmailMeta, Update, User
+from raymail.validation import SendRequest, parse_paging, parse_send_request
+
+log = logging.getLogger(__name__)
+
+_JSON_OVERHEAD_BYTES = 64 * 1024
+_EVENTS_PAGE = 500
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authenticate(svc: Services, request: Request) -> User:
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise Unauthorized("send 'Authorization: Bearer <token>'; tokens come from 'raymail user add'")
+    user = svc.user_for_token(token)
+    if user is None:
+        raise Unauthorized("the token is not valid")
+    return user
+
+
+async def read_json(request: Request, limit_bytes: int) -> object:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise PayloadTooLarge(f"the request body is over {limit_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLarge(f"the request body is over {limit_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _json(data: object, status: int = 200) -> Response:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type="application/json")
+
+
+class Api:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        cfg = svc.config
+        self.max_json_bytes = cfg.limits.max_message_bytes * 2 + _JSON_OVERHEAD_BYTES
+
+    # -- send ----------------------------------------------------------------
+    async def send(self, request: Request) -> Response:
+        started = time.perf_counter()
+        svc = self.svc
+        user = authenticate(svc, request)
+        wait_s = svc.send_limiter.take(user.uid, time.monotonic())
+        if wait_s > 0:
+            raise RateLimited(f"sending too fast; retry in {wait_s:.1f} s", retry_after_s=wait_s)
+        req = parse_send_request(await read_json(request, self.max_json_bytes), svc.config.limits, user.uid)
+        if req.attachments:
+            raise Unprocessable(
+                f"unknown attachment id {req.attachments[0]!r}: upload it with POST /v1/attachments first",
+                code="unknown_attachment",
+            )
+        recipients = self._resolve_local(req)
+        result = await self._deliver_local(user, req, recipients)
+        svc.metrics.accepted()
+        svc.metrics.send_latency(time.perf_counter() - started)
+        return _json(result, 201)
+
+    def _resolve_local(self, req: SendRequest) -> list[User]:
+        svc = self.svc
+        out, unknown, remote = [], [], []
+        for a in req.all_recipients:
+            domain = addresses.domain_of(a.email)
+            user = svc.user_for_email(a.email)
+            if user is not None:
+                out.append(user)
+            elif svc.directory.is_local_domain(domain):
+                unknown.append(a.email)
+            else:
+                remote.append(a.email)
+        if unknown:
+            raise Unprocessable(f"no such local user: {', '.join(unknown)}", code="unknown_recipient")
+        if remote:
+            raise Unprocessable(
+                f"delivery outside the local domains is not enabled on this server: {', '.join(remote)}",
+                code="relay_not_enabled",
+            )
+        return out
+
+    async def _deliver_local(self, user: User, req: SendRequest, recipients: list[User]) -> dict:
+        svc = self.svc
+        cfg = svc.config
+        now = time.time()
+        sender = addresses.parse_address({"email": user.email, "name": user.name})
+        common = dict(sender=sender, to=req.to, cc=req.cc, bcc=req.bcc, subject=req.subject, body=req.body,
+                      html=req.html, hostname=cfg.server.hostname, date=now)
+        delivered = compose.build(**common)
+        sent = compose.build(**common, message_id=delivered.message_id, include_bcc=True) if req.bcc else delivered
+        if len(sent.raw) > cfg.limits.max_message_bytes:
+            raise PayloadTooLarge(
+                f"the message is {len(sent.raw)} bytes once encoded; the limit is {cfg.limits.max_message_bytes}"
+            )
+        try:
+            keys = await asyncio.to_thread(self._store, delivered.raw, sent.raw)
+        except StorageError as exc:
+            log.error("blob write failed: %s", exc)
+            raise Unavailable("message storage is unavailable; nothing was sent, retry later") from exc
+
+        def meta(uid: str, folder: str, raw_key: str, size: int, unread: bool, with_bcc: bool) -> EmailMeta:
+            return EmailMeta(
+                id=uuid.uuid4().hex, uid=uid, message_id=delivered.message_id, folder=folder, sender=sender,
+                to=req.to, cc=req.cc, bcc=req.bcc if with_bcc else (), subject=req.subject, snippet=delivered.snippet,
+                date=now, size=size, unread=unread, has_attachments=False, blob=raw_key,
+            )
+
+        sent_meta = meta(user.uid, "sent", keys[1], len(sent.raw), False, True)
+        ops = [Deliver(user.uid, sent_meta, now)]
+        seen = set()
+        for r in recipients:
+            if r.uid not in seen:
+                seen.add(r.uid)
+                ops.append(Deliver(r.uid, meta(r.uid, "inbox", keys[0], len(delivered.raw), True, False), now))
+        results = await svc.router.apply(ops)
+        for res in results:
+            if not res.ok:
+                raise Unavailable(f"delivery failed: {res.message}")
+        return {"id": sent_meta.id, "message_id": delivered.message_id, "status": "delivered"}
+
+    def _store(self, delivered_raw: bytes, sent_raw: bytes) -> tuple[str, str]:
+        k1 = self.svc.blobs.put("msg", delivered_raw)
+        k2 = k1 if sent_raw is delivered_raw else self.svc.blobs.put("msg", sent_raw)
+        return k1, k2
+
+    # -- reading -------------------------------------------------------------
+    async def list_emails(self, request: Request) -> Response:
+        user = authenticate(self.svc, request)
+        q = request.query_params
+        folder = q.get("folder", "inbox")
+        if folder not in FOLDERS:
+            raise Unprocessable(f"folder must be one of {', '.join(sorted(FOLDERS))}", code="invalid_query")
+        number, size = parse_paging(q.get("page_number"), q.get("page_size"), self.svc.config.limits)
+        summaries, total = await self.svc.router.read(user.uid, "list_emails", folder, number, size)
+        return _json({"emails": summaries, "page_number": number, "page_size": size, "total": total, "folder": folder})
+
+    async def _meta(self, user: User, email_id: str) -> EmailMeta:
+        if not email_id or len(email_id) > 64:
+            raise NotFound("no such email")
+        meta = await self.svc.router.read(user.uid, "get_email", email_id)
+        if meta is None:
+            raise NotFound("no such email")
+        return meta
+
+    async def _raw(self, meta: EmailMeta) -> bytes:
+        try:
+            return await asyncio.to_thread(self.svc.blobs.get, meta.blob)
+        except StorageError as exc:
+            log.error("email %s: %s", meta.id, exc)
+            raise Unavailable(f"the message source could not be read from storage: {exc}") from exc
+
+    async def get_email(self, request: Request) -> Response:
+        user = authenticate(self.svc, request)
+        meta = await self._meta(user, request.path_params["id"])
+        parsed = await asyncio.to_thread(compose.parse, await self._raw(meta))
+        out = meta.summary()
+        out.update(
+            body=parsed.text,
+            html=parsed.html,
+            bcc=[a.to_dict() for a in meta.bcc],
+            headers=[[k, v] for k, v in parsed.headers],
+            attachments=parsed.attachments,
+        )
+        return _json(out)
+
+    async def get_raw(self, request: Request) -> Response:
+        user = authenticate(self.svc, request)
+        meta = await self._meta(user, request.path_params["id"])
+        return Response(await self._raw(meta), media_type="message/rfc822")
+
+    async def patch_email(self, request: Request) -> Response:
+        user = authenticate(self.svc, request)
+        email_id = request.path_params["id"]
+        data = await read_json(request, 64 * 1024)
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object", code="invalid_json")
+        unknown = set(data) - {"unread", "folder"}
+        if unknown:
+            raise Unprocessable(f"unknown fields: {', '.join(sorted(unknown))}; allowed: unread, folder", code="unknown_field")
+        unread, folder = data.get("unread"), data.get("folder")
+        if unread is not None and not isinstance(unread, bool):
+            raise Unprocessable("'unread' must be true or false", code="invalid_field")
+        if folder is not None and folder not in FOLDERS:
+            raise Unprocessable(f"'folder' must be one of {', '.join(sorted(FOLDERS))}", code="invalid_field")
+        if unread is None and folder is None:
+            raise Unprocessable("give 'unread' and/or 'folder'", code="invalid_field")
+        if not email_id or len(email_id) > 64:
+            raise NotFound("no such email")
+        (res,) = await self.svc.router.apply([Update(user.uid, email_id, time.time(), unread=unread, folder=folder)])
+        if not res.ok:
+            raise NotFound("no such email") if res.error == "not_found" else Unprocessable(res.message)
+        if res.event is not None:
+            return _json(res.event.summary)
+        return _json((await self._meta(user, email_id)).summary())
+
+    async def delete_email(self, request: Request) -> Response:
+        user = authenticate(self.svc, request)
+        email_id = request.path_params["id"]
+        if not email_id or len(email_id) > 64:
+            raise NotFound("no such email")
+        (res,) = await self.svc.router.apply([Delete(user.uid, email_id, time.time())])
+        if not res.ok:
+            raise NotFound("no such email")
+        return Response(status_code=204)
+
+    async def events(self, request: Request) -> Response:
+        user = authenticate(self.svc, request)
+        since = parse_cursor(request.query_params.get("since"))
+        events, complete, cursor = await self.svc.router.read(user.uid, "events_since", since, _EVENTS_PAGE)
+        if not complete:
+            raise Gone(
+                f"cursor {since} is older than the events kept; reload with GET /v1/emails and continue from {cursor}",
+                code="cursor_expired",
+            )
+        last = events[-1]["cursor"] if events else max(since, 0)
+        return _json({"events": events, "cursor": last, "latest": cursor, "more": last < cursor})
+
+    # -- operations ----------------------------------------------------------
+    async def healthz(self, request: Request) -> Response:
+        return _json({"status": "ok", "gateway": self.svc.name})
+
+    async def metrics(self, request: Request) -> Response:
+        token = self.svc.config.gateway.metrics_token
+        client = request.client.host if request.client else ""
+        if token:
+            if bearer_token(request.headers.get("authorization")) != token:
+                raise Unauthorized("send 'Authorization: Bearer <metrics_token>' from [gateway] metrics_token")
+        elif client not in ("127.0.0.1", "::1"):
+            raise Unauthorized("metrics are served to loopback only unless [gateway] metrics_token is set")
+        self.svc.metrics.connections(self.svc.hub.connections)
+        return Response(self.svc.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def openapi_json(self, request: Request) -> Response:
+        return _json(openapi.SPEC)
+
+    async def docs(self, request: Request) -> Response:
+        return HTMLResponse(openapi.render_html())
+
+
+def parse_cursor(value: str | None) -> int:
+    if value in (None, ""):
+        return 0
+    try:
+        cursor = int(value)
+    except ValueError:
+        raise BadRequest("'since' must be an integer cursor from an earlier event", code="invalid_query") from None
+    if cursor < 0:
+        raise BadRequest("'since' must not be negative", code="invalid_query")
+    return cursor
+
+
+def build_app(svc: Services) -> Starlette:
+    api = Api(svc)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        svc.metrics.error(exc.code)
+        headers = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.999)))
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        svc.metrics.error("internal")
+        return JSONResponse({"error": {"code": "internal", "message": "internal error; see the server log"}}, 500)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": {"code": "not_found", "message": f"no route {request.url.path}"}}, 404)
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": {"code": "method_not_allowed", "message": f"{request.method} is not allowed here"}}, 405)
+
+    routes = [
+        Route("/v1/send", api.send, methods=["POST"]),
+        Route("/v1/emails", api.list_emails, methods=["GET"]),
+        Route("/v1/emails/{id}", api.get_email, methods=["GET"]),
+        Route("/v1/emails/{id}", api.patch_email, methods=["PATCH"]),
+        Route("/v1/emails/{id}", api.delete_email, methods=["DELETE"]),
+        Route("/v1/emails/{id}/raw", api.get_raw, methods=["GET"]),
+        Route("/v1/events", api.events, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/openapi.json", api.openapi_json, methods=["GET"]),
+        Route("/docs", api.docs, methods=["GET"]),
+        WebSocketRoute("/v1/connect", websocket.Endpoint(svc).handle),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={ApiError: api_error, Exception: internal_error, 404: not_found, 405: method_not_allowed},
+    )

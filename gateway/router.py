@@ -1,0 +1,105 @@
+"""Calls from a gateway to the mailbox shards, with writes batched per shard.
+
+A write waits in a per-shard queue only while ``max_inflight_batches`` calls to that
+shard are already running, so a lone request goes out at once and a burst goes
+out as a few large calls (a Ray call costs 1-3 ms whatever it carries). Ray
+re-sends a call whose shard died (``max_task_retries``); shard ops are idempotent,
+so a re-sent batch does not duplicate mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from ray.exceptions import RayActorError, RayError
+
+from raymail.errors import Unavailable
+from raymail.model import Op, OpResult
+from raymail.sharding import shard_of
+
+log = logging.getLogger(__name__)
+
+
+class _ShardQueue:
+    def __init__(self, handle: Any, max_ops: int, max_inflight: int, timeout_s: float) -> None:
+        self.handle = handle
+        self.max_ops = max_ops
+        self.max_inflight = max_inflight
+        self.timeout_s = timeout_s
+        self.pending: list[tuple[Op, asyncio.Future]] = []
+        self.inflight = 0
+        self.calls = 0
+        self.ops = 0
+
+    def submit(self, ops: list[Op]) -> list[asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in ops]
+        self.pending.extend(zip(ops, futs, strict=True))
+        self._kick()
+        return futs
+
+    def _kick(self) -> None:
+        while self.pending and self.inflight < self.max_inflight:
+            batch, self.pending = self.pending[: self.max_ops], self.pending[self.max_ops :]
+            self.inflight += 1
+            asyncio.ensure_future(self._run(batch))
+
+    async def _run(self, batch: list[tuple[Op, asyncio.Future]]) -> None:
+        self.calls += 1
+        self.ops += len(batch)
+        try:
+            ref = self.handle.apply_batch.remote(tuple(op for op, _ in batch))
+            results = await asyncio.wait_for(ref, self.timeout_s)
+        except (TimeoutError, RayError) as exc:
+            log.warning("mailbox shard call failed: %r", exc)
+            err = Unavailable("the mailbox service did not confirm the write in time; retry the request")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            raise
+        else:
+            for (_, fut), res in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(res)
+        finally:
+            self.inflight -= 1
+            self._kick()
+
+
+class ShardRouter:
+    def __init__(self, handles: list[Any], *, max_ops: int, max_inflight: int, timeout_s: float) -> None:
+        self.handles = handles
+        self.timeout_s = timeout_s
+        self._queues = [_ShardQueue(h, max_ops, max_inflight, timeout_s) for h in handles]
+
+    def shard_index(self, uid: str) -> int:
+        return shard_of(uid, len(self.handles))
+
+    async def apply(self, ops: list[Op]) -> list[OpResult]:
+        """Apply ops (possibly for several users and shards); results in op order."""
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for i, op in enumerate(ops):
+            by_shard[self.shard_index(op.uid)].append(i)
+        futs: list[asyncio.Future | None] = [None] * len(ops)
+        for shard, idxs in by_shard.items():
+            for i, fut in zip(idxs, self._queues[shard].submit([ops[i] for i in idxs]), strict=True):
+                futs[i] = fut
+        return list(await asyncio.gather(*futs))  # type: ignore[arg-type]
+
+    async def read(self, uid: str, method: str, *args: Any) -> Any:
+        handle = self.handles[self.shard_index(uid)]
+        try:
+            return await asyncio.wait_for(getattr(handle, method).remote(uid, *args), self.timeout_s)
+        except (TimeoutError, RayActorError, RayError) as exc:
+            log.warning("mailbox shard read %s failed: %r", method, exc)
+            raise Unavailable("the mailbox service did not answer in time; retry the request") from exc
+
+    def stats(self) -> dict:
+        return {"calls": sum(q.calls for q in self._queues), "ops": sum(q.ops for q in self._queues)}

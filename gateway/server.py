@@ -1,0 +1,136 @@
+"""Gateway: one HTTP/WebSocket server process, run as a Ray actor.
+
+Several gateways share one port through SO_REUSEPORT; the kernel spreads
+connections over them. Mailbox shards call ``push`` on every gateway, and each
+delivers to the sockets it holds, so a push reaches the user on whichever process
+holds the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+
+import uvicorn
+
+from gateway.app import build_app
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from gateway.router import ShardRouter
+from gateway.services import Services
+from raymail.config import Config
+from raymail.ratelimit import TokenBuckets
+from raymail.store.blobs import BlobStore
+from raymail.store.directory import Directory
+
+log = logging.getLogger(__name__)
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the Ray worker owns signals, not uvicorn
+        yield
+
+
+class Gateway:
+    """Serves the HTTP API and WebSockets of DESIGN.md on the shared port.
+
+    Guarantees: ``push`` never waits for a client (bounded queue per connection;
+    a slow client is dropped and resyncs with ``since``); the server is (re)started
+    by any call after a restart, so a restarted gateway serves again on its own.
+    """
+
+    def __init__(self, config: Config, index: int, shard_handles: list, port: int) -> None:
+        self.config = config
+        self.name = f"gateway-{index}"
+        g = config.gateway
+        self.svc = Services(
+            config=config,
+            name=self.name,
+            directory=Directory(config.data_path),
+            router=ShardRouter(
+                shard_handles, max_ops=g.batch_max_ops, max_inflight=g.max_inflight_batches, timeout_s=g.request_timeout_s
+            ),
+            blobs=BlobStore(config.storage_url, config.storage.options),
+            hub=Hub(g.ws_queue_size),
+            metrics=GatewayMetrics(self.name),
+            send_limiter=TokenBuckets(config.limits.send_rate_per_s, config.limits.send_burst),
+        )
+        self.sock = reuseport_socket(config.server.bind, port)
+        self.port = self.sock.getsockname()[1]
+        self._server: _Server | None = None
+        self._task: asyncio.Task | None = None
+
+    def _ensure_started(self) -> None:
+        if self._task is not None:
+            return
+        cfg = uvicorn.Config(
+            build_app(self.svc),
+            log_level="warning",
+            access_log=False,
+            ws="websockets",
+            ws_max_size=self.config.gateway.ws_max_message_bytes,
+            ws_ping_interval=self.config.gateway.ws_ping_interval_s,
+            ws_ping_timeout=self.config.gateway.ws_ping_interval_s,
+            ws_per_message_deflate=False,  # about 14 KiB per idle socket instead of 64 KiB
+            lifespan="off",
+            timeout_keep_alive=30,
+            limit_concurrency=20_000,
+            backlog=2048,
+        )
+        self._server = _Server(cfg)
+        self._task = asyncio.ensure_future(self._server.serve(sockets=[self.sock]))
+        log.info("%s serving on %s:%d (pid %d)", self.name, self.config.server.bind, self.port, os.getpid())
+
+    async def ready(self) -> dict:
+        self._ensure_started()
+        for _ in range(200):
+            if self._server is not None and self._server.started:
+                break
+            await asyncio.sleep(0.01)
+        return {"name": self.name, "port": self.port, "pid": os.getpid(), "started": bool(self._server and self._server.started)}
+
+    def push(self, batch: list[tuple[str, dict]]) -> int:
+        self._ensure_started()
+        hub, metrics = self.svc.hub, self.svc.metrics
+        now = time.time()
+        delivered = 0
+        for uid, event in batch:
+            if hub.wants(uid):
+                delivered += hub.publish(uid, event)
+                metrics.push_latency(max(0.0, now - event["ts"]))
+        return delivered
+
+    def stats(self) -> dict:
+        self._ensure_started()
+        hub = self.svc.hub
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "connections": hub.connections,
+            "dropped": hub.dropped_total,
+            "published": hub.published_total,
+            "router": self.svc.router.stats(),
+        }
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            if self._task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._task, 10)

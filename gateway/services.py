@@ -1,0 +1,58 @@
+"""What a gateway process needs to answer requests, built once per process."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics
+from gateway.router import ShardRouter
+from raymail.config import Config
+from raymail.model import User
+from raymail.ratelimit import TokenBuckets
+from raymail.store.blobs import BlobStore
+from raymail.store.directory import Directory
+
+_USER_CACHE_TTL_S = 30.0
+
+
+@dataclass
+class Services:
+    config: Config
+    name: str
+    directory: Directory
+    router: ShardRouter
+    blobs: BlobStore
+    hub: Hub
+    metrics: GatewayMetrics
+    send_limiter: TokenBuckets
+
+    def __post_init__(self) -> None:
+        self._by_token: dict[str, tuple[User, float]] = {}
+        self._by_email: dict[str, tuple[User, float]] = {}
+
+    def user_for_token(self, token: str) -> User | None:
+        now = time.monotonic()
+        hit = self._by_token.get(token)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        user = self.directory.user_by_token(token)
+        if user is not None:
+            if len(self._by_token) > 100_000:
+                self._by_token.clear()
+            self._by_token[token] = (user, now + _USER_CACHE_TTL_S)
+        return user
+
+    def user_for_email(self, email: str) -> User | None:
+        key = email.lower()
+        now = time.monotonic()
+        hit = self._by_email.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        user = self.directory.user_by_email(email)
+        if user is not None:
+            if len(self._by_email) > 100_000:
+                self._by_email.clear()
+            self._by_email[key] = (user, now + _USER_CACHE_TTL_S)
+        return user

@@ -1,0 +1,1 @@
+"""Batch jobs over the event log and catalogs (Ray jobs + DuckDB)."""

@@ -1,0 +1,3 @@
+"""raymail: an email platform on Ray."""
+
+__version__ = "0.1.0"

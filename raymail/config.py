@@ -1,0 +1,290 @@
+"""The typed configuration: loaded once from TOML, validated at start-up.
+
+Every error names the subsystem and says what to change, e.g.
+``[limits] max_recipients must be a positive integer, got 0``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from raymail.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: str = "./var"
+    hostname: str = "mail.example.test"
+    bind: str = "127.0.0.1"
+    http_port: int = 8080
+    smtp_port: int = 2525
+    submission_port: int = 2587
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    url: str = ""  # empty: file://<data_dir>/blobs
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_bytes: int = 26_214_400
+    max_recipients: int = 100
+    max_subject_chars: int = 998
+    max_page_size: int = 200
+    default_page_size: int = 50
+    send_rate_per_s: float = 20.0
+    send_burst: int = 200
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str = ""  # empty: start an embedded local Ray
+    namespace: str = "raymail"
+    shards: int = 2
+    dashboard: bool = True
+    dashboard_port: int = 8265
+    num_cpus: int = 0  # 0: let Ray detect
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    processes: int = 1
+    allowed_origins: tuple[str, ...] = ()
+    ws_queue_size: int = 256
+    ws_ping_interval_s: float = 20.0
+    ws_max_message_bytes: int = 65_536
+    request_timeout_s: float = 15.0
+    batch_max_ops: int = 512
+    max_inflight_batches: int = 2
+    metrics_token: str = ""
+
+
+@dataclass(frozen=True)
+class MailboxConfig:
+    snapshot_every_bytes: int = 32 * 1024 * 1024
+    events_retained: int = 5000
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    ips: tuple[str, ...]
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    pools: tuple[Pool, ...] = ()
+    warmup_daily_caps: tuple[int, ...] = (50, 100, 200, 500, 1000, 2000, 5000, 10000)
+    routes: dict[str, str] = field(default_factory=dict)
+    retry_backoff_s: tuple[int, ...] = (60, 300, 1800, 7200)
+    retry_max_age_s: int = 432_000
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    mailbox: MailboxConfig = field(default_factory=MailboxConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir).expanduser().resolve()
+
+    @property
+    def storage_url(self) -> str:
+        if self.storage.url:
+            return self.storage.url
+        return (self.data_path / "blobs").as_uri()
+
+    def with_overrides(self, **server_overrides: Any) -> Config:
+        """Apply command-line overrides (None values are ignored) and re-validate."""
+        changes = {k: v for k, v in server_overrides.items() if v is not None}
+        address = changes.pop("address", None)
+        cfg = replace(self, server=replace(self.server, **changes))
+        if address is not None:
+            cfg = replace(cfg, cluster=replace(cfg.cluster, address=address))
+        validate(cfg)
+        return cfg
+
+
+def _section(raw: dict, name: str) -> dict:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _build(cls: type, section: str, values: dict) -> Any:
+    known = {f.name: f for f in cls.__dataclass_fields__.values()}  # type: ignore[attr-defined]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"[{section}] unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        default = getattr(cls(), key) if _has_defaults(cls) else None
+        kwargs[key] = _coerce(section, key, value, default)
+    return cls(**kwargs)
+
+
+def _has_defaults(cls: type) -> bool:
+    try:
+        cls()
+    except TypeError:
+        return False
+    return True
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"[{section}] {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"[{section}] {key} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"[{section}] {key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"[{section}] {key} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"[{section}] {key} must be a list, got {value!r}")
+        return tuple(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{section}] {key} must be a table, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_dict(raw: dict) -> Config:
+    known = {"server", "storage", "limits", "cluster", "gateway", "mailbox", "outbound"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"[{key}] is not a known section; known: {', '.join(sorted(known))}")
+    storage_raw = dict(_section(raw, "storage"))
+    options = storage_raw.pop("options", {})
+    if not isinstance(options, dict):
+        raise ConfigError("[storage.options] must be a table")
+    storage = replace(_build(StorageConfig, "storage", storage_raw), options=dict(options))
+
+    out_raw = dict(_section(raw, "outbound"))
+    pools = []
+    for i, p in enumerate(out_raw.pop("pools", [])):
+        if not isinstance(p, dict) or not p.get("name") or not isinstance(p.get("ips", []), list):
+            raise ConfigError(f"[[outbound.pools]] entry {i} needs a name and a list of ips")
+        pools.append(Pool(str(p["name"]), tuple(p.get("ips", [])), tuple(p.get("categories", []))))
+    warmup = _section(out_raw, "warmup") if "warmup" in out_raw else {}
+    out_raw.pop("warmup", None)
+    retry = _section(out_raw, "retry") if "retry" in out_raw else {}
+    out_raw.pop("retry", None)
+    routes = out_raw.pop("routes", {})
+    if out_raw:
+        raise ConfigError(f"[outbound] unknown keys: {', '.join(sorted(out_raw))}")
+    outbound = OutboundConfig(
+        pools=tuple(pools),
+        warmup_daily_caps=tuple(warmup.get("daily_caps", OutboundConfig().warmup_daily_caps)),
+        routes=dict(routes),
+        retry_backoff_s=tuple(retry.get("backoff_s", OutboundConfig().retry_backoff_s)),
+        retry_max_age_s=int(retry.get("max_age_s", OutboundConfig().retry_max_age_s)),
+    )
+    cfg = Config(
+        server=_build(ServerConfig, "server", _section(raw, "server")),
+        storage=storage,
+        limits=_build(LimitsConfig, "limits", _section(raw, "limits")),
+        cluster=_build(ClusterConfig, "cluster", _section(raw, "cluster")),
+        gateway=_build(GatewayConfig, "gateway", _section(raw, "gateway")),
+        mailbox=_build(MailboxConfig, "mailbox", _section(raw, "mailbox")),
+        outbound=outbound,
+    )
+    validate(cfg)
+    return cfg
+
+
+def _port(section: str, key: str, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"[{section}] {key} must be a port number 0-65535 (0 picks a free one), got {value}")
+
+
+def _positive(section: str, key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"[{section}] {key} must be positive, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    s = cfg.server
+    for key in ("http_port", "smtp_port", "submission_port"):
+        _port("server", key, getattr(s, key))
+    if not s.hostname or any(c.isspace() for c in s.hostname):
+        raise ConfigError(f"[server] hostname must be a DNS name, got {s.hostname!r}")
+    try:
+        ipaddress.ip_address(s.bind)
+    except ValueError:
+        raise ConfigError(f"[server] bind must be an IP address such as 127.0.0.1, got {s.bind!r}") from None
+    if cfg.storage.url and "://" not in cfg.storage.url:
+        raise ConfigError(f"[storage] url must look like file:///path or s3://bucket/prefix, got {cfg.storage.url!r}")
+    lim = cfg.limits
+    for key in ("max_message_bytes", "max_recipients", "max_subject_chars", "max_page_size", "default_page_size", "send_burst"):
+        _positive("limits", key, getattr(lim, key))
+    _positive("limits", "send_rate_per_s", lim.send_rate_per_s)
+    if lim.default_page_size > lim.max_page_size:
+        raise ConfigError("[limits] default_page_size must not exceed max_page_size")
+    _positive("cluster", "shards", cfg.cluster.shards)
+    _port("cluster", "dashboard_port", cfg.cluster.dashboard_port)
+    g = cfg.gateway
+    for key in ("processes", "ws_queue_size", "ws_max_message_bytes", "request_timeout_s", "batch_max_ops", "max_inflight_batches"):
+        _positive("gateway", key, getattr(g, key))
+    for origin in g.allowed_origins:
+        if not isinstance(origin, str) or "://" not in origin:
+            raise ConfigError(f"[gateway] allowed_origins entries must be like https://mail.example.com, got {origin!r}")
+    _positive("mailbox", "snapshot_every_bytes", cfg.mailbox.snapshot_every_bytes)
+    _positive("mailbox", "events_retained", cfg.mailbox.events_retained)
+    names = set()
+    for pool in cfg.outbound.pools:
+        if pool.name in names:
+            raise ConfigError(f"[outbound.pools] pool name {pool.name!r} is declared twice")
+        names.add(pool.name)
+        for ip in pool.ips:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ConfigError(f"[outbound.pools] pool {pool.name!r}: {ip!r} is not an IP address") from None
+    if any(c <= 0 for c in cfg.outbound.warmup_daily_caps):
+        raise ConfigError("[outbound.warmup] daily_caps must all be positive")
+    for domain, target in cfg.outbound.routes.items():
+        host, _, port = str(target).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"[outbound.routes] {domain!r} must map to host:port, got {target!r}")
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate a TOML configuration file (the embedded default if None)."""
+    p = Path(path) if path else DEFAULT_CONFIG_PATH
+    try:
+        with open(p, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"[config] file not found: {p}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"[config] {p} is not valid TOML: {exc}") from exc
+    return from_dict(raw)

@@ -1,0 +1,165 @@
+"""Mailbox state: per-user folders, flags and an event stream, as pure data.
+
+``ShardState`` holds many users' mailboxes and applies ops. Applying the same ops
+in the same order always yields the same state, which is what log replay relies
+on. Ops are idempotent where a retry can repeat them: delivering an id that is
+already present changes nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+from raymail.model import FOLDERS, Delete, Deliver, EmailMeta, Event, EventType, Op, OpResult, Update
+
+
+class Mailbox:
+    """One user's mail. Folder lists hold ``seq`` numbers in arrival order."""
+
+    __slots__ = ("uid", "emails", "folders", "by_seq", "next_seq", "cursor", "events")
+
+    def __init__(self, uid: str, events_retained: int) -> None:
+        self.uid = uid
+        self.emails: dict[str, EmailMeta] = {}
+        self.folders: dict[str, list[int]] = {}
+        self.by_seq: dict[int, str] = {}
+        self.next_seq = 1
+        self.cursor = 0
+        self.events: deque[Event] = deque(maxlen=events_retained)
+
+    # -- reads -------------------------------------------------------------
+    def page(self, folder: str, page_number: int, page_size: int) -> tuple[list[EmailMeta], int]:
+        """Newest first. ``page_number`` starts at 1."""
+        seqs = self.folders.get(folder, [])
+        total = len(seqs)
+        end = total - (page_number - 1) * page_size
+        start = max(0, end - page_size)
+        if end <= 0:
+            return [], total
+        return [self.emails[self.by_seq[s]] for s in reversed(seqs[start:end])], total
+
+    def unread_count(self, folder: str) -> int:
+        return sum(1 for s in self.folders.get(folder, []) if self.emails[self.by_seq[s]].unread)
+
+    def events_after(self, cursor: int, limit: int) -> tuple[list[Event], bool]:
+        """Events with cursor > ``cursor``; the flag is False if some were dropped already."""
+        if cursor >= self.cursor:
+            return [], True
+        oldest = self.events[0].cursor if self.events else self.cursor + 1
+        complete = cursor + 1 >= oldest
+        start = max(0, cursor + 1 - oldest)
+        out = [self.events[i] for i in range(start, min(len(self.events), start + limit))]
+        return out, complete
+
+    # -- writes ------------------------------------------------------------
+    def _event(self, kind: EventType, email_id: str, ts: float, summary: dict | None) -> Event:
+        self.cursor += 1
+        ev = Event(cursor=self.cursor, type=kind.value, email_id=email_id, ts=ts, summary=summary)
+        self.events.append(ev)
+        return ev
+
+    def deliver(self, meta: EmailMeta, ts: float) -> OpResult:
+        if meta.id in self.emails:
+            return OpResult(ok=True)  # a retried delivery: already here
+        if meta.folder not in FOLDERS:
+            return OpResult(ok=False, error="invalid", message=f"unknown folder {meta.folder!r}")
+        meta = replace(meta, seq=self.next_seq, uid=self.uid)
+        self.next_seq += 1
+        self.emails[meta.id] = meta
+        self.by_seq[meta.seq] = meta.id
+        self.folders.setdefault(meta.folder, []).append(meta.seq)
+        return OpResult(ok=True, event=self._event(EventType.NEW, meta.id, ts, meta.summary()))
+
+    def update(self, email_id: str, ts: float, unread: bool | None, folder: str | None) -> OpResult:
+        meta = self.emails.get(email_id)
+        if meta is None:
+            return OpResult(ok=False, error="not_found", message="no such email")
+        if folder is not None and folder not in FOLDERS:
+            return OpResult(ok=False, error="invalid", message=f"unknown folder {folder!r}")
+        new = meta
+        if unread is not None and unread != meta.unread:
+            new = replace(new, unread=unread)
+        if folder is not None and folder != meta.folder:
+            self._remove_seq(meta)
+            new = replace(new, folder=folder)
+            bisect.insort(self.folders.setdefault(folder, []), new.seq)
+        if new is meta:
+            return OpResult(ok=True)
+        self.emails[email_id] = new
+        return OpResult(ok=True, event=self._event(EventType.UPDATED, email_id, ts, new.summary()))
+
+    def delete(self, email_id: str, ts: float) -> OpResult:
+        meta = self.emails.pop(email_id, None)
+        if meta is None:
+            return OpResult(ok=False, error="not_found", message="no such email")
+        self._remove_seq(meta)
+        del self.by_seq[meta.seq]
+        return OpResult(ok=True, event=self._event(EventType.DELETED, email_id, ts, None))
+
+    def _remove_seq(self, meta: EmailMeta) -> None:
+        seqs = self.folders[meta.folder]
+        i = bisect.bisect_left(seqs, meta.seq)
+        if i < len(seqs) and seqs[i] == meta.seq:
+            seqs.pop(i)
+
+    # -- snapshots ---------------------------------------------------------
+    def dump(self) -> dict[str, Any]:
+        emails = sorted(self.emails.values(), key=lambda m: m.seq)
+        return {"uid": self.uid, "emails": emails, "next_seq": self.next_seq, "cursor": self.cursor, "events": list(self.events)}
+
+    @classmethod
+    def load(cls, data: dict[str, Any], events_retained: int) -> Mailbox:
+        mb = cls(data["uid"], events_retained)
+        for meta in data["emails"]:
+            mb.emails[meta.id] = meta
+            mb.by_seq[meta.seq] = meta.id
+            mb.folders.setdefault(meta.folder, []).append(meta.seq)
+        mb.next_seq = data["next_seq"]
+        mb.cursor = data["cursor"]
+        mb.events.extend(data["events"])
+        return mb
+
+
+class ShardState:
+    """All mailboxes of one shard; the single writer for each of them."""
+
+    def __init__(self, events_retained: int) -> None:
+        self.events_retained = events_retained
+        self.mailboxes: dict[str, Mailbox] = {}
+
+    def mailbox(self, uid: str) -> Mailbox:
+        mb = self.mailboxes.get(uid)
+        if mb is None:
+            mb = self.mailboxes[uid] = Mailbox(uid, self.events_retained)
+        return mb
+
+    def peek(self, uid: str) -> Mailbox | None:
+        return self.mailboxes.get(uid)
+
+    def apply(self, op: Op) -> OpResult:
+        if isinstance(op, Deliver):
+            return self.mailbox(op.uid).deliver(op.email, op.ts)
+        if isinstance(op, Update):
+            mb = self.peek(op.uid)
+            if mb is None:
+                return OpResult(ok=False, error="not_found", message="no such email")
+            return mb.update(op.email_id, op.ts, op.unread, op.folder)
+        if isinstance(op, Delete):
+            mb = self.peek(op.uid)
+            if mb is None:
+                return OpResult(ok=False, error="not_found", message="no such email")
+            return mb.delete(op.email_id, op.ts)
+        return OpResult(ok=False, error="invalid", message=f"unknown op {type(op).__name__}")
+
+    def dump(self) -> dict[str, Any]:
+        return {"version": 1, "mailboxes": [mb.dump() for mb in self.mailboxes.values()]}
+
+    @classmethod
+    def load(cls, data: dict[str, Any], events_retained: int) -> ShardState:
+        st = cls(events_retained)
+        for mb in data["mailboxes"]:
+            st.mailboxes[mb["uid"]] = Mailbox.load(mb, events_retained)
+        return st

@@ -1,0 +1,136 @@
+"""Wire and storage types: frozen dataclasses, encoded by ``raymail.codec``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Folder(StrEnum):
+    INBOX = "inbox"
+    SENT = "sent"
+    ARCHIVE = "archive"
+    TRASH = "trash"
+    JUNK = "junk"
+
+
+FOLDERS = frozenset(f.value for f in Folder)
+
+
+class EventType(StrEnum):
+    NEW = "email.new"
+    UPDATED = "email.updated"
+    DELETED = "email.deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    email: str
+    name: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "email": self.email}
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    uid: str
+    email: str
+    name: str = ""
+    profile_url: str = ""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EmailMeta:
+    """What a mailbox keeps about one message; the bytes live in blob storage."""
+
+    id: str
+    uid: str
+    message_id: str
+    folder: str
+    sender: Address
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    bcc: tuple[Address, ...]
+    subject: str
+    snippet: str
+    date: float  # when this mailbox received it (epoch seconds); the sort key
+    size: int
+    unread: bool
+    has_attachments: bool
+    blob: str  # storage key of the RFC 5322 source
+    seq: int = 0  # arrival order inside the mailbox, assigned by the mailbox
+
+    def summary(self) -> dict:
+        return {
+            "id": self.id,
+            "message_id": self.message_id,
+            "folder": self.folder,
+            "from": self.sender.to_dict(),
+            "to": [a.to_dict() for a in self.to],
+            "cc": [a.to_dict() for a in self.cc],
+            "subject": self.subject,
+            "snippet": self.snippet,
+            "date": self.date,
+            "size": self.size,
+            "unread": self.unread,
+            "has_attachments": self.has_attachments,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change in a user's mailbox; ``cursor`` increases by one per event."""
+
+    cursor: int
+    type: str
+    email_id: str
+    ts: float
+    summary: dict | None  # None for email.deleted
+
+    def to_dict(self) -> dict:
+        out = {"type": self.type, "cursor": self.cursor, "ts": self.ts, "email_id": self.email_id}
+        if self.summary is not None:
+            out["email"] = self.summary
+        return out
+
+
+# Mailbox operations. They are logged as they are given, so they carry every value
+# (ids, timestamps) needed for replay to rebuild exactly the same state.
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    uid: str
+    email: EmailMeta
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    uid: str
+    email_id: str
+    ts: float
+    unread: bool | None = None
+    folder: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    uid: str
+    email_id: str
+    ts: float
+
+
+Op = Deliver | Update | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult:
+    """The outcome of one op: ``error`` is None on success."""
+
+    ok: bool
+    event: Event | None = None
+    error: str | None = None  # "not_found" | "invalid"
+    message: str = ""

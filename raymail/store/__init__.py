@@ -1,0 +1,1 @@
+"""Durable storage: the mailbox log, blob storage and the user directory."""
