@@ -29,10 +29,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     import ray
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     init_ray(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
+        signal.signal(sig, lambda *_: stop.set())
     dep = Deployment(cfg).start()
     host = cfg.server.bind
     base = f"http://{host}:{dep.port}"

@@ -74,11 +74,12 @@ class Deployment:
         for st in stats:
             log.info("mailbox shard %d ready: %s", st["index"], st["recovered"])
         gw_cls = ray.remote(Gateway)
-        first = gw_cls.options(**_options(cfg, names[0])).remote(cfg, 0, self.shards, cfg.server.http_port)
+        snames = [shard_name(i) for i in range(cfg.cluster.shards)]
+        first = gw_cls.options(**_options(cfg, names[0])).remote(cfg, 0, snames, cfg.server.http_port)
         info = ray.get(first.ready.remote())
         self.port = info["port"]
         self.gateways = [first] + [
-            gw_cls.options(**_options(cfg, names[i])).remote(cfg, i, self.shards, self.port)
+            gw_cls.options(**_options(cfg, names[i])).remote(cfg, i, snames, self.port)
             for i in range(1, cfg.gateway.processes)
         ]
         ray.get([g.ready.remote() for g in self.gateways])

@@ -299,7 +299,7 @@ def parse_cursor(value: str | None) -> int:
     return cursor
 
 
-def build_app(svc: Services) -> Starlette:
+def build_app(svc: Services):
     api = Api(svc)
 
     async def api_error(request: Request, exc: Exception) -> Response:
@@ -335,7 +335,22 @@ def build_app(svc: Services) -> Starlette:
         Route("/docs", api.docs, methods=["GET"]),
         WebSocketRoute("/v1/connect", websocket.Endpoint(svc).handle),
     ]
-    return Starlette(
+    inner = Starlette(
         routes=routes,
         exception_handlers={ApiError: api_error, Exception: internal_error, 404: not_found, 405: method_not_allowed},
     )
+    served_by = (b"x-raymail-gateway", svc.name.encode())
+
+    async def app(scope, receive, send):
+        # Say which gateway process answered: operators (and tests) can tell them apart.
+        if scope["type"] != "http":
+            return await inner(scope, receive, send)
+
+        async def tagged_send(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), served_by]
+            await send(message)
+
+        return await inner(scope, receive, tagged_send)
+
+    return app

@@ -55,8 +55,12 @@ class Gateway:
     by any call after a restart, so a restarted gateway serves again on its own.
     """
 
-    def __init__(self, config: Config, index: int, shard_handles: list, port: int) -> None:
+    def __init__(self, config: Config, index: int, shard_names: list[str], port: int) -> None:
+        import ray
+
         self.config = config
+        # Handles are looked up by name (not passed in) so a restart needs no stored arguments.
+        shard_handles = [ray.get_actor(n, namespace=config.cluster.namespace) for n in shard_names]
         self.name = f"gateway-{index}"
         g = config.gateway
         self.svc = Services(
@@ -83,7 +87,7 @@ class Gateway:
             build_app(self.svc),
             log_level="warning",
             access_log=False,
-            ws="websockets",
+            ws="websockets-sansio",
             ws_max_size=self.config.gateway.ws_max_message_bytes,
             ws_ping_interval=self.config.gateway.ws_ping_interval_s,
             ws_ping_timeout=self.config.gateway.ws_ping_interval_s,
