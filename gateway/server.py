@@ -30,11 +30,14 @@ from raymail.store.directory import Directory
 log = logging.getLogger(__name__)
 
 
-def reuseport_socket(host: str, port: int) -> socket.socket:
+def reuseport_socket(host: str, port: int, send_buffer_bytes: int = 0) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if send_buffer_bytes:
+        # Accepted sockets inherit it: bounds kernel memory per client.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     sock.bind((host, port))
     sock.listen(2048)
     sock.setblocking(False)
@@ -75,7 +78,7 @@ class Gateway:
             metrics=GatewayMetrics(self.name),
             send_limiter=TokenBuckets(config.limits.send_rate_per_s, config.limits.send_burst),
         )
-        self.sock = reuseport_socket(config.server.bind, port)
+        self.sock = reuseport_socket(config.server.bind, port, g.socket_send_buffer_bytes)
         self.port = self.sock.getsockname()[1]
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None

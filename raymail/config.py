@@ -66,6 +66,7 @@ class GatewayConfig:
     batch_max_ops: int = 512
     max_inflight_batches: int = 2
     metrics_token: str = ""
+    socket_send_buffer_bytes: int = 0  # 0: kernel autotuning; small values bound memory per socket
 
 
 @dataclass(frozen=True)

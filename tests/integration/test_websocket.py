@@ -1,0 +1,141 @@
+"""WebSocket pushes: replay with since, two gateway processes, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import httpx
+import pytest
+import websockets
+
+from helpers import recv_json
+
+
+async def _send(app, token, to, n, subject="s"):
+    async with app.client(token) as c:
+        for i in range(n):
+            r = await c.post("/v1/send", json={"subject": f"{subject}{i}", "recipients": [to], "body": "b"})
+            assert r.status_code == 201, r.text
+
+
+async def test_reconnect_with_since_replays_exactly_the_missed(app):
+    alice, bob = app.user(), app.user()
+    await _send(app, alice["token"], bob["email"], 2, "before")
+    async with app.ws(bob["token"]) as ws:
+        hello = await recv_json(ws)
+        assert hello["cursor"] == 2
+    await _send(app, alice["token"], bob["email"], 3, "missed")
+    async with app.ws(bob["token"], since=hello["cursor"]) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        replay = [await recv_json(ws) for _ in range(3)]
+        assert [e["cursor"] for e in replay] == [3, 4, 5]
+        assert [e["email"]["subject"] for e in replay] == ["missed0", "missed1", "missed2"]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.5)  # nothing more, nothing twice
+        await _send(app, alice["token"], bob["email"], 1, "live")
+        live = await recv_json(ws)
+        assert live["cursor"] == 6 and live["email"]["subject"] == "live0"
+
+
+async def _ws_on_gateway(app, token, gateway, tries=60):
+    for _ in range(tries):
+        ws = await app.ws(token)
+        hello = await recv_json(ws)
+        if hello["gateway"] == gateway:
+            return ws
+        await ws.close()
+    raise AssertionError(f"never connected to {gateway}")
+
+
+async def test_push_crosses_gateway_processes(app):
+    assert app.config.gateway.processes == 2
+    alice, bob = app.user(), app.user()
+    ws = await _ws_on_gateway(app, bob["token"], "gateway-1")
+    try:
+        # Send through fresh connections until one is answered by the other process.
+        for i in range(60):
+            async with app.client(alice["token"]) as c:
+                r = await c.post("/v1/send", json={"subject": f"x{i}", "recipients": [bob["email"]], "body": "b"})
+                assert r.status_code == 201
+            ev = await recv_json(ws)
+            assert ev["email"]["subject"] == f"x{i}"
+            if r.headers["x-raymail-gateway"] == "gateway-0":
+                break
+        else:
+            raise AssertionError("no send went through gateway-0")
+    finally:
+        await ws.close()
+
+
+def _tiny_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    return sock
+
+
+async def test_slow_client_is_dropped_others_are_not_blocked(ray_cluster, tmp_path):
+    from conftest import start_app
+
+    app = start_app(tmp_path, gateway={"processes": 1, "ws_queue_size": 4, "socket_send_buffer_bytes": 4096}, mailbox={"events_retained": 30})
+    try:
+        alice, bob = app.user(), app.user()
+        slow = await websockets.connect(
+            app.ws_url, sock=_tiny_socket(app.port), additional_headers={"Authorization": f"Bearer {bob['token']}"},
+            max_queue=1,
+        )
+        fast = await app.ws(bob["token"])
+        await recv_json(fast)
+        got: list[int] = []
+
+        async def read_fast():
+            while len(got) < 120:
+                got.append((await recv_json(fast, 20))["cursor"])
+
+        reader = asyncio.ensure_future(read_fast())
+        big = "w" * 900
+        async with app.client(alice["token"]) as c:
+            for i in range(120):
+                r = await c.post("/v1/send", json={"subject": f"{big}{i}", "recipients": [bob["email"]], "body": "b"})
+                assert r.status_code == 201
+        await asyncio.wait_for(reader, 30)
+        assert got == list(range(1, 121))  # the fast tab saw every event in order
+
+        # The slow one was closed with 4008 once its queue overflowed.
+        closed = None
+        try:
+            while True:
+                await asyncio.wait_for(slow.recv(), 10)
+        except websockets.ConnectionClosed as exc:
+            closed = exc
+        assert closed is not None and closed.rcvd is not None and closed.rcvd.code == 4008
+        assert "since=" in closed.rcvd.reason
+        async with httpx.AsyncClient(base_url=app.base_url) as c:
+            assert "raymail_websocket_connections" in (await c.get("/metrics")).text
+
+        # A cursor older than the events kept asks for a resync; /v1/events says 410.
+        async with app.ws(bob["token"], since=1) as ws:
+            await recv_json(ws)
+            msg = await recv_json(ws)
+            assert msg == {"type": "resync", "cursor": 120}
+        async with app.client(bob["token"]) as c:
+            r = await c.get("/v1/events", params={"since": 1})
+            assert r.status_code == 410 and r.json()["error"]["code"] == "cursor_expired"
+            r = await c.get("/v1/events", params={"since": 100})
+            assert [e["cursor"] for e in r.json()["events"]] == list(range(101, 121))
+        await fast.close()
+    finally:
+        app.deployment.stop()
+
+
+async def test_client_ping_gets_pong(app):
+    bob = app.user()
+    async with app.ws(bob["token"]) as ws:
+        await recv_json(ws)
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await recv_json(ws) == {"type": "pong"}
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 5)  # protocol-level ping too
