@@ -25,9 +25,9 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
 def cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = _load(args)
-    from cluster.deploy import Deployment, init_ray
-
     import ray
+
+    from cluster.deploy import Deployment, init_ray
 
     init_ray(cfg)
     stop = threading.Event()

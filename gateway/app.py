@@ -143,7 +143,11 @@ class Api:
                 f"the message is {len(sent.raw)} bytes once encoded; the limit is {cfg.limits.max_message_bytes}"
             )
         try:
-            keys = await asyncio.to_thread(self._store, delivered.raw, sent.raw)
+            if sent is delivered:
+                key = await svc.blob_writer.put(delivered.raw)
+                keys = (key, key)
+            else:
+                keys = tuple(await asyncio.gather(svc.blob_writer.put(delivered.raw), svc.blob_writer.put(sent.raw)))
         except StorageError as exc:
             log.error("blob write failed: %s", exc)
             raise Unavailable("message storage is unavailable; nothing was sent, retry later") from exc
@@ -167,11 +171,6 @@ class Api:
             if not res.ok:
                 raise Unavailable(f"delivery failed: {res.message}")
         return {"id": sent_meta.id, "message_id": delivered.message_id, "status": "delivered"}
-
-    def _store(self, delivered_raw: bytes, sent_raw: bytes) -> tuple[str, str]:
-        k1 = self.svc.blobs.put("msg", delivered_raw)
-        k2 = k1 if sent_raw is delivered_raw else self.svc.blobs.put("msg", sent_raw)
-        return k1, k2
 
     # -- reading -------------------------------------------------------------
     async def list_emails(self, request: Request) -> Response:

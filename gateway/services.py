@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from gateway.blobwriter import BlobWriter
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.router import ShardRouter
@@ -29,6 +30,7 @@ class Services:
     send_limiter: TokenBuckets
 
     def __post_init__(self) -> None:
+        self.blob_writer = BlobWriter(self.blobs, "msg")
         self._by_token: dict[str, tuple[User, float]] = {}
         self._by_email: dict[str, tuple[User, float]] = {}
 

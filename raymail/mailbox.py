@@ -13,7 +13,17 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from raymail.model import FOLDERS, Delete, Deliver, EmailMeta, Event, EventType, Op, OpResult, Update
+from raymail.model import (
+    FOLDERS,
+    Delete,
+    Deliver,
+    EmailMeta,
+    Event,
+    EventType,
+    Op,
+    OpResult,
+    Update,
+)
 
 
 class Mailbox:

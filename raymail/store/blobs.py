@@ -8,6 +8,7 @@ single PUT. A crash never leaves a half blob under its final key.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import uuid
@@ -16,6 +17,26 @@ from pathlib import Path
 import fsspec
 
 from raymail.errors import StorageError
+
+
+def _load_syncfs():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+_syncfs = _load_syncfs()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def blob_key(kind: str, sha256_hex: str) -> str:
@@ -38,37 +59,64 @@ class BlobStore:
 
     def put(self, kind: str, data: bytes) -> str:
         """Store ``data`` durably and return its key."""
-        key = blob_key(kind, hashlib.sha256(data).hexdigest())
-        path = self._path(key)
+        return self.put_many(kind, [data])[0]
+
+    def put_many(self, kind: str, items: list[bytes]) -> list[str]:
+        """Store several blobs durably; one directory fsync per directory touched."""
+        keys = [blob_key(kind, hashlib.sha256(data).hexdigest()) for data in items]
         try:
             if self.local:
-                self._put_local(Path(path), data)
-            elif not self.fs.exists(path):
-                self.fs.pipe_file(path, data)
+                self._put_local([(Path(self._path(k)), d) for k, d in zip(keys, items, strict=True)])
+            else:
+                for key, data in zip(keys, items, strict=True):
+                    path = self._path(key)
+                    if not self.fs.exists(path):
+                        self.fs.pipe_file(path, data)
         except OSError as exc:
-            raise StorageError(f"could not store blob {key}: {exc}") from exc
-        return key
+            raise StorageError(f"could not store blob {keys[0]}: {exc}") from exc
+        return keys
 
-    @staticmethod
-    def _put_local(path: Path, data: bytes) -> None:
-        if path.exists():
+    def _put_local(self, items: list[tuple[Path, bytes]]) -> None:
+        fresh = [(p, d) for p, d in items if not p.exists()]
+        if not fresh:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # With syncfs, one filesystem flush makes the whole batch durable (one journal
+        # commit); without it, each file and directory is fsync'd on its own.
+        group = _syncfs is not None and len(fresh) > 1
+        dirs: set[Path] = set()
+        renames = []
+        for path, data in fresh:
+            if path.parent not in dirs and not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+            dirs.add(path.parent)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if not group:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            renames.append((tmp, path))
+        if group:
+            self._syncfs()  # file contents are durable before any becomes visible
+        for tmp, path in renames:
+            os.replace(tmp, path)
+        if group:
+            self._syncfs()
+        else:
+            for d in dirs:
+                _fsync_path(d)
+
+    def _syncfs(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if _syncfs(fd) != 0:  # type: ignore[misc]
+                raise OSError(ctypes.get_errno(), "syncfs failed")
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
     def get(self, key: str) -> bytes:
         try:

@@ -5,8 +5,6 @@ real HTTP and WebSocket clients."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import uuid
 from pathlib import Path
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import websockets
-
 from helpers import recv_json
 
 

@@ -6,7 +6,6 @@ import asyncio
 from collections import Counter
 
 import ray
-
 from conftest import start_app
 
 

@@ -6,7 +6,7 @@ import asyncio
 import email
 from email import policy
 
-from helpers import recv_json, recv_until
+from helpers import recv_json
 
 
 async def test_send_push_list_raw(app):

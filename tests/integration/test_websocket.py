@@ -9,7 +9,6 @@ import socket
 import httpx
 import pytest
 import websockets
-
 from helpers import recv_json
 
 
