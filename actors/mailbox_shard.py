@@ -12,7 +12,7 @@ from raymail import codec
 from raymail.config import Config
 from raymail.errors import StorageError
 from raymail.mailbox import ShardState
-from raymail.model import EmailMeta, Event, Op, OpResult
+from raymail.model import EmailMeta, Event
 from raymail.store.log import DurableLog
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,19 @@ class MailboxShard:
         log.info("shard %d recovered: %s", index, self.recovered)
 
     # -- writes ------------------------------------------------------------
-    async def apply_batch(self, ops: tuple[Op, ...]) -> list[OpResult]:
+    async def apply_batch(self, encoded_ops: bytes) -> bytes:
+        """Apply codec-encoded ops; returns the codec-encoded ``OpResult`` list.
+
+        Both sides are codec bytes: Ray moves bytes without pickling, and when every
+        op changes state the received bytes are logged as they are.
+        """
+        ops = codec.decode(encoded_ops)
         results = [self.state.apply(op) for op in ops]
         changed = [op for op, res in zip(ops, results, strict=True) if res.event is not None]
         # Apply and enqueue with no await in between: the log order is the apply order.
         try:
             if changed:
-                await self.log.append(codec.encode(changed))
+                await self.log.append(encoded_ops if len(changed) == len(ops) else codec.encode(changed))
             else:
                 await self.log.wait_durable()
         except StorageError:
@@ -83,7 +89,7 @@ class MailboxShard:
             self._push(events)
         if self.log.bytes_since_snapshot > self.config.mailbox.snapshot_every_bytes and not self._snapshotting:
             asyncio.ensure_future(self._snapshot())
-        return results
+        return codec.encode(results)
 
     async def _snapshot(self) -> None:
         self._snapshotting = True
@@ -116,7 +122,8 @@ class MailboxShard:
         return list(self._gateways.values())
 
     def _push(self, events: list[tuple[str, Event]]) -> None:
-        payload = [(uid, ev.to_dict()) for uid, ev in events]
+        # Encoded once for every gateway; bytes cross Ray without pickling.
+        payload = codec.encode([(uid, ev.to_dict()) for uid, ev in events])
         for handle in self._gateway_handles():
             try:
                 handle.push.remote(payload)  # fire and forget; a dead gateway must not slow writes
@@ -159,6 +166,7 @@ class MailboxShard:
     def stats(self) -> dict:
         return {
             "index": self.index,
+            "pid": os.getpid(),
             "mailboxes": len(self.state.mailboxes),
             "emails": sum(len(mb.emails) for mb in self.state.mailboxes.values()),
             "log_bytes_since_snapshot": self.log.bytes_since_snapshot,

@@ -89,6 +89,36 @@ def send_body(to: str, i: int, body_bytes: int = 1000) -> bytes:
     return json.dumps({"subject": f"bench {i}", "recipients": [to], "body": "x" * body_bytes}).encode()
 
 
+class CpuMeter:
+    """CPU seconds used by groups of processes, and by the whole machine, from start to stop."""
+
+    TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self.start = {k: self._proc(pids) for k, pids in groups.items()}
+        self.machine0 = self._machine()
+
+    @classmethod
+    def _proc(cls, pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) * cls.TICK_S
+        return total
+
+    @classmethod
+    def _machine(cls) -> float:
+        cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system = (int(x) for x in cpu[:3])
+        return (user + nice + system) * cls.TICK_S
+
+    def stop(self) -> dict[str, float]:
+        out = {k: self._proc(pids) - self.start[k] for k, pids in self.groups.items()}
+        out["machine"] = self._machine() - self.machine0
+        return out
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")

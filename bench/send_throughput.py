@@ -12,7 +12,7 @@ import random
 import time
 
 import ray
-from common import HttpConn, make_users, progress, send_body, start, summary_ms
+from common import CpuMeter, HttpConn, make_users, progress, send_body, start, summary_ms
 
 
 async def run(port: int, users: list[dict], clients: int, seconds: float) -> tuple[int, int, list[float]]:
@@ -56,16 +56,20 @@ def main() -> None:
     progress("warming up for 2 s")
     asyncio.run(run(dep.port, users, 8, 2.0))
     before = ray.get([g.stats.remote() for g in dep.gateways])
+    shard_pids = [s["pid"] for s in ray.get([s.stats.remote() for s in dep.shards])]
+    cpu = CpuMeter({"gateway": [b["pid"] for b in before], "shards": shard_pids})
     progress(f"measuring: {args.clients} concurrent clients for {args.seconds:.0f} s")
     t0 = time.perf_counter()
     ok, err, lat = asyncio.run(run(dep.port, users, args.clients, args.seconds))
     elapsed = time.perf_counter() - t0
+    cpu_s = cpu.stop()
     after = ray.get([g.stats.remote() for g in dep.gateways])
     calls = sum(a["router"]["calls"] - b["router"]["calls"] for a, b in zip(after, before))
     ops = sum(a["router"]["ops"] - b["router"]["ops"] for a, b in zip(after, before))
     print(f"send throughput: {ok / elapsed:.0f} accepted msgs/s ({ok} in {elapsed:.1f} s, {err} errors)")
     print(f"  201 latency: {summary_ms(lat)}")
     print(f"  shard calls: {calls} carrying {ops} mailbox writes ({ops / max(calls, 1):.1f} per call)")
+    print("  CPU per accepted message: " + ", ".join(f"{k} {v / max(ok, 1) * 1000:.2f} ms" for k, v in cpu_s.items()))
     print(f"  setup: {args.users} users, {args.clients} clients, {args.shards} shards, {args.gateways} gateway(s), 1 KiB bodies")
     dep.stop()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ray.exceptions import RayActorError, RayError
 
+from raymail import codec
 from raymail.errors import Unavailable
 from raymail.model import Op, OpResult
 from raymail.sharding import shard_of
@@ -51,8 +52,8 @@ class _ShardQueue:
         self.calls += 1
         self.ops += len(batch)
         try:
-            ref = self.handle.apply_batch.remote(tuple(op for op, _ in batch))
-            results = await asyncio.wait_for(ref, self.timeout_s)
+            ref = self.handle.apply_batch.remote(codec.encode([op for op, _ in batch]))
+            results = codec.decode(await asyncio.wait_for(ref, self.timeout_s))
         except (TimeoutError, RayError) as exc:
             log.warning("mailbox shard call failed: %r", exc)
             err = Unavailable("the mailbox service did not confirm the write in time; retry the request")

@@ -22,6 +22,7 @@ from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.router import ShardRouter
 from gateway.services import Services
+from raymail import codec
 from raymail.config import Config
 from raymail.ratelimit import TokenBuckets
 from raymail.store.blobs import BlobStore
@@ -112,12 +113,13 @@ class Gateway:
             await asyncio.sleep(0.01)
         return {"name": self.name, "port": self.port, "pid": os.getpid(), "started": bool(self._server and self._server.started)}
 
-    def push(self, batch: list[tuple[str, dict]]) -> int:
+    def push(self, encoded: bytes) -> int:
+        """Events from a mailbox shard: codec-encoded ``[(uid, event dict), ...]``."""
         self._ensure_started()
         hub, metrics = self.svc.hub, self.svc.metrics
         now = time.time()
         delivered = 0
-        for uid, event in batch:
+        for uid, event in codec.decode(encoded):
             if hub.wants(uid):
                 delivered += hub.publish(uid, event)
                 metrics.push_latency(max(0.0, now - event["ts"]))

@@ -17,6 +17,15 @@ _LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _NAMED_RE = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$", re.S)
 
 
+# Everything Python's email package (and str.splitlines) treats as a line break,
+# plus NUL: any of them in a header value could end the header early.
+LINE_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00")
+
+
+def has_line_break(text: str) -> bool:
+    return not LINE_BREAKS.isdisjoint(text)
+
+
 class AddressError(ValueError):
     """The text is not an acceptable mail address; the message says why."""
 
@@ -32,7 +41,7 @@ def parse_addr_spec(text: str) -> str:
     if not isinstance(text, str):
         raise AddressError("an address must be a string")
     addr = text.strip()
-    if any(c in addr for c in "\r\n\0"):
+    if has_line_break(addr):
         raise AddressError(f"{addr!r} contains control characters")
     if len(addr) > 254:
         raise AddressError(f"{addr[:40]!r}... is longer than 254 characters")
@@ -63,7 +72,7 @@ def parse_address(value: object) -> Address:
 
 
 def _clean_name(name: str) -> str:
-    if any(c in name for c in "\r\n\0"):
+    if has_line_break(name):
         raise AddressError(f"display name {name!r} contains control characters")
     if len(name) > 200:
         raise AddressError("display name is longer than 200 characters")

@@ -6,7 +6,7 @@ import quopri
 import re
 from dataclasses import dataclass
 from email import policy
-from email.header import Header
+from email.header import Header, decode_header, make_header
 from email.message import EmailMessage, Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -127,22 +127,43 @@ class Parsed:
 def parse(raw: bytes) -> Parsed:
     """Read a message defensively: malformed parts become empty text, never an exception."""
     msg = BytesParser(policy=policy.default).parsebytes(raw)
-    headers = [(k, str(v)) for k, v in msg.items()]
-    text_part = msg.get_body(preferencelist=("plain",))
-    html_part = msg.get_body(preferencelist=("html",))
-    attachments = []
-    for part in msg.iter_attachments():
-        payload = part.get_payload(decode=True) or b""
-        attachments.append(
-            {"filename": part.get_filename() or "", "content_type": part.get_content_type(), "size": len(payload)}
-        )
-    return Parsed(
-        subject=str(msg.get("Subject", "")),
-        text=_content(text_part),
-        html=_content(html_part) if html_part is not None else None,
-        headers=headers,
-        attachments=attachments,
-    )
+    # raw_items() skips the structured-header parsers, which raise on some broken
+    # values (``Message-ID: <``); each value is decoded on its own, safely.
+    headers = [(k, _header_value(v)) for k, v in msg.raw_items()]
+    subject = next((v for k, v in headers if k.lower() == "subject"), "")
+    text, html, attachments = "", None, []
+    try:
+        text_part = msg.get_body(preferencelist=("plain",))
+        html_part = msg.get_body(preferencelist=("html",))
+        text = _content(text_part)
+        html = _content(html_part) if html_part is not None else None
+        for part in msg.iter_attachments():
+            payload = part.get_payload(decode=True) or b""
+            attachments.append(
+                {"filename": _safe(part.get_filename) or "", "content_type": part.get_content_type(), "size": len(payload)}
+            )
+    except Exception:  # noqa: BLE001 - a hostile structure must not make the message unreadable
+        if not text:
+            text = raw.decode("utf-8", errors="replace")
+    return Parsed(subject=subject, text=text, html=html, headers=headers, attachments=attachments)
+
+
+def _header_value(value: str) -> str:
+    text = str(value)
+    if not text.isascii():
+        # 8-bit header bytes arrive surrogate-escaped: read them as UTF-8 (RFC 6532).
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        return str(make_header(decode_header(text))).replace("\r\n", "").replace("\n", "")
+    except Exception:  # noqa: BLE001 - undecodable: show it as received
+        return text.replace("\r\n", "").replace("\n", "")
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _content(part: EmailMessage | None) -> str:

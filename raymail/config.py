@@ -178,6 +178,57 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def _int_list(where: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{where} must be a list of integers, got {value!r}")
+    return tuple(value)
+
+
+def _table(where: str, raw: dict, name: str, known: set[str]) -> dict:
+    value = raw.pop(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table, got {value!r}")
+    unknown = set(value) - known
+    if unknown:
+        raise ConfigError(f"{where} unknown keys: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return value
+
+
+def _outbound(raw: dict) -> OutboundConfig:
+    d = OutboundConfig()
+    pools_raw = raw.pop("pools", [])
+    if not isinstance(pools_raw, list):
+        raise ConfigError("[[outbound.pools]] must be an array of tables")
+    pools = []
+    for i, p in enumerate(pools_raw):
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str) or not p["name"]:
+            raise ConfigError(f"[[outbound.pools]] entry {i} needs a name")
+        unknown = set(p) - {"name", "ips", "categories"}
+        if unknown:
+            raise ConfigError(f"[[outbound.pools]] {p['name']!r}: unknown keys {', '.join(sorted(unknown))}")
+        for key in ("ips", "categories"):
+            if not isinstance(p.get(key, []), list) or not all(isinstance(x, str) for x in p.get(key, [])):
+                raise ConfigError(f"[[outbound.pools]] {p['name']!r}: {key} must be a list of strings")
+        pools.append(Pool(p["name"], tuple(p.get("ips", [])), tuple(p.get("categories", []))))
+    warmup = _table("[outbound.warmup]", raw, "warmup", {"daily_caps"})
+    retry = _table("[outbound.retry]", raw, "retry", {"backoff_s", "max_age_s"})
+    routes = raw.pop("routes", {})
+    if not isinstance(routes, dict) or not all(isinstance(v, str) for v in routes.values()):
+        raise ConfigError("[outbound.routes] must be a table of \"domain\" = \"host:port\"")
+    if raw:
+        raise ConfigError(f"[outbound] unknown keys: {', '.join(sorted(raw))}")
+    max_age_s = retry.get("max_age_s", d.retry_max_age_s)
+    if not isinstance(max_age_s, int) or isinstance(max_age_s, bool):
+        raise ConfigError(f"[outbound.retry] max_age_s must be an integer number of seconds, got {max_age_s!r}")
+    return OutboundConfig(
+        pools=tuple(pools),
+        warmup_daily_caps=_int_list("[outbound.warmup] daily_caps", warmup.get("daily_caps", list(d.warmup_daily_caps))),
+        routes=dict(routes),
+        retry_backoff_s=_int_list("[outbound.retry] backoff_s", retry.get("backoff_s", list(d.retry_backoff_s))),
+        retry_max_age_s=max_age_s,
+    )
+
+
 def from_dict(raw: dict) -> Config:
     known = {"server", "storage", "limits", "cluster", "gateway", "mailbox", "outbound"}
     for key in raw:
@@ -189,26 +240,7 @@ def from_dict(raw: dict) -> Config:
         raise ConfigError("[storage.options] must be a table")
     storage = replace(_build(StorageConfig, "storage", storage_raw), options=dict(options))
 
-    out_raw = dict(_section(raw, "outbound"))
-    pools = []
-    for i, p in enumerate(out_raw.pop("pools", [])):
-        if not isinstance(p, dict) or not p.get("name") or not isinstance(p.get("ips", []), list):
-            raise ConfigError(f"[[outbound.pools]] entry {i} needs a name and a list of ips")
-        pools.append(Pool(str(p["name"]), tuple(p.get("ips", [])), tuple(p.get("categories", []))))
-    warmup = _section(out_raw, "warmup") if "warmup" in out_raw else {}
-    out_raw.pop("warmup", None)
-    retry = _section(out_raw, "retry") if "retry" in out_raw else {}
-    out_raw.pop("retry", None)
-    routes = out_raw.pop("routes", {})
-    if out_raw:
-        raise ConfigError(f"[outbound] unknown keys: {', '.join(sorted(out_raw))}")
-    outbound = OutboundConfig(
-        pools=tuple(pools),
-        warmup_daily_caps=tuple(warmup.get("daily_caps", OutboundConfig().warmup_daily_caps)),
-        routes=dict(routes),
-        retry_backoff_s=tuple(retry.get("backoff_s", OutboundConfig().retry_backoff_s)),
-        retry_max_age_s=int(retry.get("max_age_s", OutboundConfig().retry_max_age_s)),
-    )
+    outbound = _outbound(dict(_section(raw, "outbound")))
     cfg = Config(
         server=_build(ServerConfig, "server", _section(raw, "server")),
         storage=storage,

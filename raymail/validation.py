@@ -67,8 +67,8 @@ def parse_send_request(data: Any, limits: LimitsConfig, caller_uid: str) -> Send
         raise Forbidden("'uid' must be your own user id; mail is always sent as the token's user")
 
     subject = _string(data, "subject", default="") or ""
-    if "\r" in subject or "\n" in subject or "\0" in subject:
-        raise Unprocessable("'subject' must not contain CR, LF or NUL characters", code="invalid_header")
+    if addresses.has_line_break(subject):
+        raise Unprocessable("'subject' must not contain line breaks (CR, LF, VT, FF, ...) or NUL", code="invalid_header")
     if len(subject) > limits.max_subject_chars:
         raise Unprocessable(f"'subject' is longer than {limits.max_subject_chars} characters", code="invalid_header")
     body = _string(data, "body", default="") or ""

@@ -84,7 +84,7 @@ class Directory:
             addr = addresses.parse_addr_spec(email)
         except addresses.AddressError as exc:
             raise DirectoryError(str(exc)) from None
-        if any(c in name for c in "\r\n\0"):
+        if addresses.has_line_break(name):
             raise DirectoryError("the name must not contain control characters")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         user = User(uid=str(uuid.uuid4()), email=addr, name=name.strip(), profile_url=profile_url, created_at=time.time())

@@ -35,6 +35,8 @@ _SNAP_RE = re.compile(r"^snap-(\d{8})\.bin$")
 
 
 def frame(payload: bytes) -> bytes:
+    if not payload:
+        raise ValueError("log records must not be empty")
     return _HDR.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -44,8 +46,8 @@ def read_frames(data: bytes) -> tuple[list[bytes], int]:
     while pos + _HDR.size <= n:
         length, crc = _HDR.unpack_from(data, pos)
         end = pos + _HDR.size + length
-        if end > n:
-            break
+        if length == 0 or end > n:
+            break  # nothing writes empty records: zeros are a torn, zero-filled tail
         payload = data[pos + _HDR.size : end]
         if zlib.crc32(payload) != crc:
             break

@@ -120,3 +120,12 @@ def test_key_is_case_insensitive(a, b, same):
 
 def test_domain_of():
     assert addresses.domain_of("Alice@Sub.Example.COM") == "sub.example.com"
+
+
+@pytest.mark.parametrize("sep", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+@pytest.mark.parametrize("form", ["string", "dict"])
+def test_display_name_with_any_line_separator_is_refused(sep, form):
+    name = f"Bob{sep}fake text"
+    value = f"{name} <a@example.com>" if form == "string" else {"email": "a@example.com", "name": name}
+    with pytest.raises(AddressError):
+        addresses.parse_address(value)

@@ -236,11 +236,11 @@ def ops_script() -> list:
         for i in range(1, 8):
             ops.append(Deliver(uid=uid, email=meta(i, uid=uid, unread=i % 2 == 0), ts=float(i)))
     ops += [
-        Update(uid="alice", email_id="e3", ts=20.0, unread=False),
+        Update(uid="alice", email_id="e3", ts=20.0, unread=True),
         Update(uid="alice", email_id="e5", ts=21.0, folder="archive"),
         Update(uid="alice", email_id="e2", ts=22.0, folder="trash", unread=False),
         Update(uid="alice", email_id="e5", ts=23.0, folder="inbox"),
-        Update(uid="bob", email_id="e1", ts=24.0, unread=True),  # no-op
+        Update(uid="bob", email_id="e1", ts=24.0, unread=False),  # no-op (already read)
         Delete(uid="bob", email_id="e4", ts=25.0),
         Deliver(uid="bob", email=meta(1, uid="bob"), ts=26.0),  # duplicate
         Delete(uid="carol", email_id="missing", ts=27.0),  # not found
