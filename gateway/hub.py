@@ -1,46 +1,70 @@
 """The one owner of this gateway process's WebSocket subscriptions.
 
-Publishing never waits for a client: each connection has a bounded queue, and a
-connection whose queue overflows is marked dropped and closed; the client
-reconnects with ``?since=<cursor>`` and replays what it missed.
+Publishing never waits for a client. Each connection has a bounded backlog; a
+sender task exists only while a connection has something to send, so an idle
+connection costs no task. A connection whose backlog overflows, or whose send
+stalls past ``send_timeout_s``, is closed with 4008 and a reason naming the
+cursor to reconnect with (``?since=<cursor>``); the client misses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import json
+import logging
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 
-CLOSE = object()  # queue sentinel: close this connection
+log = logging.getLogger(__name__)
+
+CLOSE_SLOW = 4008
+
+SendText = Callable[[str], Awaitable[None]]
+Close = Callable[[int, str], Awaitable[None]]
 
 
 class Subscriber:
-    __slots__ = ("uid", "queue", "last_cursor", "dropped")
+    """One WebSocket connection of ``uid``. Starts paused (for the replay)."""
 
-    def __init__(self, uid: str, queue_size: int) -> None:
+    __slots__ = ("uid", "send", "close", "backlog", "last_cursor", "dropped", "busy", "__weakref__")
+
+    def __init__(self, uid: str, send: SendText, close: Close) -> None:
         self.uid = uid
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=queue_size + 1)  # +1: room for CLOSE
+        self.send = send
+        self.close = close
+        self.backlog: deque[tuple[int, str]] = deque()
         self.last_cursor = 0
         self.dropped = False
+        self.busy = True  # paused until resume(): nothing is sent before the replay ends
 
 
 class Hub:
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, send_timeout_s: float = 10.0) -> None:
         self.queue_size = queue_size
+        self.send_timeout_s = send_timeout_s
         self._subs: dict[str, set[Subscriber]] = defaultdict(set)
         self.dropped_total = 0
         self.published_total = 0
 
-    def subscribe(self, uid: str) -> Subscriber:
-        sub = Subscriber(uid, self.queue_size)
+    def subscribe(self, uid: str, send: SendText, close: Close) -> Subscriber:
+        sub = Subscriber(uid, send, close)
         self._subs[uid].add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
+        sub.dropped = True
+        sub.backlog.clear()
         subs = self._subs.get(sub.uid)
         if subs is not None:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.uid]
+
+    def resume(self, sub: Subscriber, last_cursor: int) -> None:
+        """End the pause: what queued meanwhile and is newer than ``last_cursor`` goes out."""
+        sub.last_cursor = last_cursor
+        sub.busy = False
+        self._kick(sub)
 
     @property
     def connections(self) -> int:
@@ -50,22 +74,57 @@ class Hub:
         return uid in self._subs
 
     def publish(self, uid: str, event: dict) -> int:
-        """Queue ``event`` for every connection of ``uid``; returns how many got it."""
+        """Queue ``event`` for every connection of ``uid``; returns how many took it."""
+        subs = self._subs.get(uid)
+        if not subs:
+            return 0
+        text = json.dumps(event, ensure_ascii=False)
+        cursor = event["cursor"]
         delivered = 0
-        for sub in self._subs.get(uid, ()):
+        for sub in list(subs):
             if sub.dropped:
                 continue
-            if sub.queue.qsize() >= self.queue_size:
+            if len(sub.backlog) >= self.queue_size:
                 self._drop(sub)
                 continue
-            sub.queue.put_nowait(event)
+            sub.backlog.append((cursor, text))
             delivered += 1
+            self._kick(sub)
         self.published_total += delivered
         return delivered
 
+    def _kick(self, sub: Subscriber) -> None:
+        if not sub.busy and sub.backlog and not sub.dropped:
+            sub.busy = True
+            asyncio.ensure_future(self._flush(sub))
+
+    async def _flush(self, sub: Subscriber) -> None:
+        try:
+            while sub.backlog and not sub.dropped:
+                cursor, text = sub.backlog.popleft()
+                if cursor <= sub.last_cursor:
+                    continue  # already sent by the replay
+                await asyncio.wait_for(sub.send(text), self.send_timeout_s)
+                sub.last_cursor = cursor
+        except TimeoutError:
+            self._drop(sub)
+        except Exception:  # noqa: BLE001 - the socket is gone; its handler cleans up
+            sub.dropped = True
+            sub.backlog.clear()
+        finally:
+            sub.busy = False
+
     def _drop(self, sub: Subscriber) -> None:
+        if sub.dropped:
+            return
         sub.dropped = True
+        sub.backlog.clear()
         self.dropped_total += 1
-        while not sub.queue.empty():
-            sub.queue.get_nowait()
-        sub.queue.put_nowait(CLOSE)
+        asyncio.ensure_future(self._close(sub))
+
+    @staticmethod
+    async def _close(sub: Subscriber) -> None:
+        try:
+            await sub.close(CLOSE_SLOW, f"too slow; reconnect with since={sub.last_cursor}")
+        except Exception:  # noqa: BLE001 - the peer may be gone already
+            log.debug("closing a slow WebSocket failed", exc_info=True)

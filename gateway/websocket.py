@@ -12,23 +12,19 @@ with ``?since=<last cursor>`` and misses nothing.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.hub import CLOSE, Subscriber
 from gateway.services import Services
 from raymail.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008
-CLOSE_SLOW = 4008
 _REPLAY_PAGE = 500
-_SEND_TIMEOUT_S = 10.0
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -64,17 +60,13 @@ class Endpoint:
             return
 
         await ws.accept()
-        sub = svc.hub.subscribe(user.uid)
+        sub = svc.hub.subscribe(user.uid, ws.send_text, lambda code, reason: ws.close(code=code, reason=reason))
         svc.metrics.connections(svc.hub.connections)
-        writer: asyncio.Task | None = None
         try:
             cursor = await svc.router.read(user.uid, "cursor")
             await ws.send_text(json.dumps({"type": "hello", "cursor": cursor, "gateway": svc.name}))
-            if since is None:
-                sub.last_cursor = cursor
-            else:
-                await self._replay(ws, sub, since)
-            writer = asyncio.ensure_future(self._write(ws, sub))
+            last = cursor if since is None else await self._replay(ws, user.uid, since)
+            svc.hub.resume(sub, last)
             while True:
                 msg = await ws.receive()
                 if msg["type"] == "websocket.disconnect":
@@ -87,41 +79,22 @@ class Endpoint:
         except ApiError as exc:
             await _close_quietly(ws, 1011, exc.message[:120])
         finally:
-            if writer is not None:
-                writer.cancel()
             svc.hub.unsubscribe(sub)
             svc.metrics.connections(svc.hub.connections)
 
-    async def _replay(self, ws: WebSocket, sub: Subscriber, since: int) -> None:
+    async def _replay(self, ws: WebSocket, uid: str, since: int) -> int:
+        """Send the events after ``since``; returns the cursor of the last one sent."""
         cursor = since
         while True:
-            events, complete, latest = await self.svc.router.read(sub.uid, "events_since", cursor, _REPLAY_PAGE)
+            events, complete, latest = await self.svc.router.read(uid, "events_since", cursor, _REPLAY_PAGE)
             if not complete:
                 await ws.send_text(json.dumps({"type": "resync", "cursor": latest}))
-                sub.last_cursor = latest
-                return
+                return latest
             for ev in events:
-                await ws.send_text(json.dumps(ev))
+                await ws.send_text(json.dumps(ev, ensure_ascii=False))
                 cursor = ev["cursor"]
-            sub.last_cursor = cursor
             if cursor >= latest or not events:
-                return
-
-    async def _write(self, ws: WebSocket, sub: Subscriber) -> None:
-        try:
-            while True:
-                ev = await sub.queue.get()
-                if ev is CLOSE:
-                    await _close_quietly(
-                        ws, CLOSE_SLOW, f"too slow; reconnect with since={sub.last_cursor}"
-                    )
-                    return
-                if ev["cursor"] <= sub.last_cursor:
-                    continue  # already sent by the replay
-                await asyncio.wait_for(ws.send_text(json.dumps(ev)), _SEND_TIMEOUT_S)
-                sub.last_cursor = ev["cursor"]
-        except (TimeoutError, WebSocketDisconnect, RuntimeError, ConnectionError):
-            await _close_quietly(ws, CLOSE_SLOW, f"too slow; reconnect with since={sub.last_cursor}")
+                return cursor
 
 
 async def _close_quietly(ws: WebSocket, code: int, reason: str) -> None:

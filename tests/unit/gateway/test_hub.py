@@ -1,84 +1,129 @@
-"""gateway/hub.py: per-process WebSocket fan-out with bounded queues."""
+"""gateway/hub.py: per-process WebSocket fan-out with bounded backlogs."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import sys
 
 import pytest
 
-from gateway.hub import CLOSE, Hub
+from gateway.hub import CLOSE_SLOW, Hub
 
 
-def drain(sub) -> list:
-    out = []
-    while not sub.queue.empty():
-        out.append(sub.queue.get_nowait())
-    return out
+class FakeSocket:
+    """A stand-in for the network side only: records what would be written."""
+
+    def __init__(self, stall: bool = False) -> None:
+        self.sent: list[dict] = []
+        self.closed: tuple[int, str] | None = None
+        self.stall = asyncio.Event() if stall else None
+
+    async def send(self, text: str) -> None:
+        if self.stall is not None:
+            await self.stall.wait()
+        self.sent.append(json.loads(text))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
 
 
 def ev(n: int) -> dict:
     return {"type": "email.new", "cursor": n}
 
 
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 def test_hub_module_does_not_pull_in_ray():
-    # in a fresh interpreter: this session may share sys.modules with tests that import ray
     code = "import sys, gateway.hub; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"
 
 
-def test_publish_reaches_every_subscriber_of_the_uid_only():
+async def test_publish_reaches_every_subscriber_of_the_uid_only():
     hub = Hub(queue_size=8)
-    a1, a2, b = hub.subscribe("alice"), hub.subscribe("alice"), hub.subscribe("bob")
+    socks = [FakeSocket(), FakeSocket(), FakeSocket()]
+    subs = [hub.subscribe(uid, s.send, s.close) for uid, s in zip(["alice", "alice", "bob"], socks)]
+    for sub in subs:
+        hub.resume(sub, 0)
     assert hub.connections == 3
     assert hub.publish("alice", ev(1)) == 2
     assert hub.publish("alice", ev(2)) == 2
-    assert drain(a1) == [ev(1), ev(2)]
-    assert drain(a2) == [ev(1), ev(2)]
-    assert drain(b) == []
     assert hub.publish("nobody", ev(3)) == 0
+    await settle()
+    assert socks[0].sent == [ev(1), ev(2)] and socks[1].sent == [ev(1), ev(2)]
+    assert socks[2].sent == []
     assert hub.published_total == 4
 
 
-def test_overflow_drops_the_slow_subscriber_only():
+async def test_paused_subscriber_skips_what_the_replay_sent():
+    hub = Hub(queue_size=8)
+    s = FakeSocket()
+    sub = hub.subscribe("u", s.send, s.close)
+    for i in (1, 2, 3, 4):
+        hub.publish("u", ev(i))
+    await settle()
+    assert s.sent == []  # paused during the replay
+    hub.resume(sub, 2)  # the replay sent up to cursor 2
+    await settle()
+    assert s.sent == [ev(3), ev(4)]
+
+
+async def test_overflow_drops_the_slow_subscriber_only():
     hub = Hub(queue_size=3)
-    slow, fast = hub.subscribe("alice"), hub.subscribe("alice")
-    for i in range(1, 4):
-        assert hub.publish("alice", ev(i)) == 2
-    drain(fast)
-    assert hub.publish("alice", ev(4)) == 1  # slow is full: dropped
+    slow_sock, fast_sock = FakeSocket(stall=True), FakeSocket()
+    slow = hub.subscribe("alice", slow_sock.send, slow_sock.close)
+    fast = hub.subscribe("alice", fast_sock.send, fast_sock.close)
+    hub.resume(slow, 0)
+    hub.resume(fast, 0)
+    for i in range(1, 6):
+        hub.publish("alice", ev(i))
+        await settle()
     assert slow.dropped and not fast.dropped
     assert hub.dropped_total == 1
-    assert drain(slow) == [CLOSE]  # the backlog is discarded, only the close sentinel remains
-    assert hub.publish("alice", ev(5)) == 1  # a dropped subscriber gets nothing more
-    assert slow.queue.empty()
-    assert hub.dropped_total == 1
-    assert drain(fast) == [ev(4), ev(5)]
-    assert hub.published_total == 3 * 2 + 2
+    assert slow_sock.closed is not None and slow_sock.closed[0] == CLOSE_SLOW
+    assert "since=0" in slow_sock.closed[1]
+    assert fast_sock.sent == [ev(i) for i in range(1, 6)]
+    assert hub.publish("alice", ev(6)) == 1  # only the fast one takes it
+
+
+async def test_stalled_send_times_out_and_drops():
+    hub = Hub(queue_size=10, send_timeout_s=0.05)
+    s = FakeSocket(stall=True)
+    sub = hub.subscribe("u", s.send, s.close)
+    hub.resume(sub, 0)
+    hub.publish("u", ev(1))
+    await asyncio.sleep(0.2)
+    assert sub.dropped and s.closed is not None and s.closed[0] == CLOSE_SLOW
 
 
 @pytest.mark.parametrize("queue_size", [1, 2, 5])
-def test_exactly_queue_size_events_fit(queue_size: int):
+async def test_exactly_queue_size_events_fit_while_paused(queue_size: int):
     hub = Hub(queue_size=queue_size)
-    sub = hub.subscribe("u")
-    for i in range(queue_size):
+    s = FakeSocket()
+    sub = hub.subscribe("u", s.send, s.close)
+    for i in range(1, queue_size + 1):
         assert hub.publish("u", ev(i)) == 1
-    assert not sub.dropped and sub.queue.qsize() == queue_size
+    assert not sub.dropped
     assert hub.publish("u", ev(99)) == 0
-    assert sub.dropped and sub.queue.qsize() == 1 and sub.queue.get_nowait() is CLOSE
+    assert sub.dropped
 
 
-def test_unsubscribe():
+async def test_unsubscribe():
     hub = Hub(queue_size=4)
-    a1, a2 = hub.subscribe("alice"), hub.subscribe("alice")
+    s1, s2 = FakeSocket(), FakeSocket()
+    a1, a2 = hub.subscribe("alice", s1.send, s1.close), hub.subscribe("alice", s2.send, s2.close)
+    hub.resume(a1, 0)
+    hub.resume(a2, 0)
     assert hub.wants("alice") and not hub.wants("bob")
     hub.unsubscribe(a1)
     assert hub.connections == 1 and hub.wants("alice")
     assert hub.publish("alice", ev(1)) == 1
-    assert drain(a1) == [] and drain(a2) == [ev(1)]
+    await settle()
+    assert s1.sent == [] and s2.sent == [ev(1)]
     hub.unsubscribe(a2)
     assert hub.connections == 0 and not hub.wants("alice")
-    hub.unsubscribe(a2)  # twice is harmless
-    assert hub.publish("alice", ev(2)) == 0
-    assert drain(a2) == []
