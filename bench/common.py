@@ -97,14 +97,15 @@ class CpuMeter:
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.groups = groups
         self.start = {k: self._proc(pids) for k, pids in groups.items()}
+        self.start_sys = {k: self._proc(pids, slice(12, 13)) for k, pids in groups.items()}
         self.machine0 = self._machine()
 
     @classmethod
-    def _proc(cls, pids: list[int]) -> float:
+    def _proc(cls, pids: list[int], which: slice = slice(11, 13)) -> float:
         total = 0.0
         for pid in pids:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) * cls.TICK_S
+            total += sum(int(f) for f in fields[which]) * cls.TICK_S
         return total
 
     @classmethod
@@ -115,6 +116,7 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         out = {k: self._proc(pids) - self.start[k] for k, pids in self.groups.items()}
+        out.update({f"{k} (kernel)": self._proc(pids, slice(12, 13)) - self.start_sys[k] for k, pids in self.groups.items()})
         out["machine"] = self._machine() - self.machine0
         return out
 

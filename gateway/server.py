@@ -97,6 +97,7 @@ class Gateway:
             ws_ping_timeout=self.config.gateway.ws_ping_interval_s,
             ws_per_message_deflate=False,  # about 14 KiB per idle socket instead of 64 KiB
             lifespan="off",
+            proxy_headers=False,  # client addresses are the peers'; no proxy is trusted by default
             timeout_keep_alive=30,
             limit_concurrency=20_000,
             backlog=2048,
