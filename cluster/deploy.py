@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,13 @@ def _options(cfg: Config, name: str) -> dict[str, Any]:
         "num_cpus": 0,  # I/O bound; must not hold the CPUs of a 2-core machine
         "max_concurrency": 10_000,
     }
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def init_ray(cfg: Config) -> None:
@@ -75,12 +83,11 @@ class Deployment:
             log.info("mailbox shard %d ready: %s", st["index"], st["recovered"])
         gw_cls = ray.remote(Gateway)
         snames = [shard_name(i) for i in range(cfg.cluster.shards)]
-        first = gw_cls.options(**_options(cfg, names[0])).remote(cfg, 0, snames, cfg.server.http_port)
-        info = ray.get(first.ready.remote())
-        self.port = info["port"]
-        self.gateways = [first] + [
+        # A fixed port for every gateway, also across restarts: resolve 0 once, here.
+        self.port = cfg.server.http_port or _free_port(cfg.server.bind)
+        self.gateways = [
             gw_cls.options(**_options(cfg, names[i])).remote(cfg, i, snames, self.port)
-            for i in range(1, cfg.gateway.processes)
+            for i in range(cfg.gateway.processes)
         ]
         ray.get([g.ready.remote() for g in self.gateways])
         log.info("raymail started in %.1f s: %d shards, %d gateways on port %d",

@@ -55,8 +55,8 @@ class Gateway:
     """Serves the HTTP API and WebSockets of DESIGN.md on the shared port.
 
     Guarantees: ``push`` never waits for a client (bounded queue per connection;
-    a slow client is dropped and resyncs with ``since``); the server is (re)started
-    by any call after a restart, so a restarted gateway serves again on its own.
+    a slow client is dropped and resyncs with ``since``); the server starts with
+    the actor, so a gateway that Ray restarts serves again on its own.
     """
 
     def __init__(self, config: Config, index: int, shard_names: list[str], port: int) -> None:
@@ -83,6 +83,9 @@ class Gateway:
         self.port = self.sock.getsockname()[1]
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
+        # An async actor's __init__ runs on its event loop: serve at once, also
+        # after Ray restarts this actor.
+        self._ensure_started()
 
     def _ensure_started(self) -> None:
         if self._task is not None:

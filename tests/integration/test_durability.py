@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import pytest
 import ray
 from conftest import start_app
 
@@ -105,3 +106,35 @@ async def test_restart_of_whole_deployment_keeps_state(ray_cluster, tmp_path):
             assert (await c.get("/v1/events", params={"since": cursor - 1})).json()["events"][0]["cursor"] == cursor
     finally:
         again.stop()
+
+
+async def test_killed_gateway_comes_back_and_clients_catch_up(ray_cluster, tmp_path):
+    import httpx
+
+    from helpers import recv_json
+
+    app = start_app(tmp_path)
+    try:
+        alice, bob = app.user(), app.user()
+        async with app.ws(bob["token"]) as ws:
+            hello = await recv_json(ws)
+            ray.kill(app.deployment.gateways[0], no_restart=False)
+            with pytest.raises(Exception):  # the socket dies with the process
+                await asyncio.wait_for(ws.recv(), 10)
+        for _ in range(300):  # Ray restarts the actor, which serves again by itself
+            try:
+                async with httpx.AsyncClient() as c:
+                    if (await c.get(f"{app.base_url}/healthz", timeout=1)).status_code == 200:
+                        break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the gateway did not come back")
+        async with app.client(alice["token"]) as c:
+            assert (await c.post("/v1/send", json={"recipients": [bob["email"]], "body": "after"})).status_code == 201
+        async with app.ws(bob["token"], since=hello["cursor"]) as ws:
+            await recv_json(ws)
+            ev = await recv_json(ws)
+            assert ev["type"] == "email.new" and ev["cursor"] == hello["cursor"] + 1
+    finally:
+        app.deployment.stop()
