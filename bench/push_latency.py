@@ -14,7 +14,6 @@ import random
 import time
 
 import websockets
-
 from common import HttpConn, make_users, progress, start, summary_ms
 
 

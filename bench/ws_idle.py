@@ -16,7 +16,6 @@ from pathlib import Path
 
 import ray
 import websockets
-
 from common import make_users, progress, start
 
 

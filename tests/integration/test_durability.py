@@ -110,7 +110,6 @@ async def test_restart_of_whole_deployment_keeps_state(ray_cluster, tmp_path):
 
 async def test_killed_gateway_comes_back_and_clients_catch_up(ray_cluster, tmp_path):
     import httpx
-
     from helpers import recv_json
 
     app = start_app(tmp_path)
