@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import ray
+import websockets
 from conftest import start_app
 
 
@@ -118,7 +119,7 @@ async def test_killed_gateway_comes_back_and_clients_catch_up(ray_cluster, tmp_p
         async with app.ws(bob["token"]) as ws:
             hello = await recv_json(ws)
             ray.kill(app.deployment.gateways[0], no_restart=False)
-            with pytest.raises(Exception):  # the socket dies with the process
+            with pytest.raises(websockets.ConnectionClosed):  # the socket dies with the process
                 await asyncio.wait_for(ws.recv(), 10)
         for _ in range(300):  # Ray restarts the actor, which serves again by itself
             try:
