@@ -17,6 +17,7 @@ from pathlib import Path
 import fsspec
 
 from raymail.errors import StorageError
+from raymail.store.log import fsync_dir
 
 
 def _load_syncfs():
@@ -29,14 +30,6 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def blob_key(kind: str, sha256_hex: str) -> str:
@@ -108,7 +101,7 @@ class BlobStore:
             self._syncfs()
         else:
             for d in dirs:
-                _fsync_path(d)
+                fsync_dir(d)
 
     def _syncfs(self) -> None:
         fd = os.open(self.root, os.O_RDONLY)

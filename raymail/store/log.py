@@ -56,7 +56,8 @@ def read_frames(data: bytes) -> tuple[list[bytes], int]:
     return out, pos
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -125,7 +126,7 @@ class DurableLog:
             os.close(self._fd)
         self._fd = os.open(self.path / f"seg-{n:08d}.wal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._seg_no = n
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     # -- writing -----------------------------------------------------------
     async def append(self, payload: bytes) -> None:
