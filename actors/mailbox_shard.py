@@ -12,7 +12,7 @@ from raymail import codec
 from raymail.config import Config
 from raymail.errors import StorageError
 from raymail.mailbox import ShardState
-from raymail.model import EmailMeta, Event
+from raymail.model import AttachmentRef, EmailMeta, Event
 from raymail.store.log import DurableLog
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class MailboxShard:
         """
         ops = codec.decode(encoded_ops)
         results = [self.state.apply(op) for op in ops]
-        changed = [op for op, res in zip(ops, results, strict=True) if res.event is not None]
+        changed = [op for op, res in zip(ops, results, strict=True) if res.event is not None or res.changed]
         # Apply and enqueue with no await in between: the log order is the apply order.
         try:
             if changed:
@@ -156,6 +156,20 @@ class MailboxShard:
             return [], True, 0
         events, complete = mb.events_after(cursor, limit)
         return [e.to_dict() for e in events], complete, mb.cursor
+
+    async def get_attachment(self, uid: str, attachment_id: str) -> AttachmentRef | None:
+        """The attachment if ``uid`` uploaded it or received mail carrying it."""
+        await self.log.wait_durable()
+        mb = self.state.peek(uid)
+        return mb.attachment(attachment_id) if mb else None
+
+    async def blob_keys(self) -> list[str]:
+        """Every blob the shard's mailboxes reference: what garbage collection keeps."""
+        await self.log.wait_durable()
+        keys: set[str] = set()
+        for mb in self.state.mailboxes.values():
+            keys |= mb.blob_keys()
+        return sorted(keys)
 
     async def all_ids(self, uid: str) -> list[str]:
         """Every email id of ``uid`` (for checks and tools; not on a hot path)."""

@@ -15,12 +15,13 @@ import uuid
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
 from gateway import openapi, websocket
+from gateway.files import FilesApi
 from gateway.services import Services
-from raymail import addresses, compose
+from raymail import addresses, compose, skeleton
 from raymail.errors import (
     ApiError,
     BadRequest,
@@ -33,7 +34,7 @@ from raymail.errors import (
     Unavailable,
     Unprocessable,
 )
-from raymail.model import FOLDERS, Delete, Deliver, EmailMeta, Update, User
+from raymail.model import FOLDERS, AttachmentRef, Delete, Deliver, EmailMeta, Update, User
 from raymail.validation import SendRequest, parse_paging, parse_send_request
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Api:
         self.svc = svc
         cfg = svc.config
         self.max_json_bytes = cfg.limits.max_message_bytes * 2 + _JSON_OVERHEAD_BYTES
+        self.files = FilesApi(svc)
 
     # -- send ----------------------------------------------------------------
     async def send(self, request: Request) -> Response:
@@ -97,16 +99,29 @@ class Api:
         if wait_s > 0:
             raise RateLimited(f"sending too fast; retry in {wait_s:.1f} s", retry_after_s=wait_s)
         req = parse_send_request(await read_json(request, self.max_json_bytes), svc.config.limits, user.uid)
-        if req.attachments:
-            raise Unprocessable(
-                f"unknown attachment id {req.attachments[0]!r}: upload it with POST /v1/attachments first",
-                code="unknown_attachment",
-            )
+        files = await self._attachments(user, req)
         recipients = self._resolve_local(req)
-        result = await self._deliver_local(user, req, recipients)
+        result = await self._deliver_local(user, req, recipients, files)
         svc.metrics.accepted()
         svc.metrics.send_latency(time.perf_counter() - started)
         return _json(result, 201)
+
+    async def _attachments(self, user: User, req: SendRequest) -> tuple[AttachmentRef, ...]:
+        """The caller's uploads (or attachments of mail they received) named in the request."""
+        if not req.attachments:
+            return ()
+        refs = await asyncio.gather(*(self.files.lookup(user, a) for a in req.attachments if len(a) <= 64))
+        if len(refs) < len(req.attachments) or None in refs:
+            missing = [a for a, r in zip(req.attachments, list(refs) + [None] * len(req.attachments)) if r is None]
+            raise Unprocessable(
+                f"unknown attachment id {missing[0]!r}: upload it with POST /v1/attachments first",
+                code="unknown_attachment",
+            )
+        total = sum(r.size for r in refs)
+        limit = self.svc.config.limits.max_message_bytes
+        if total > limit:
+            raise PayloadTooLarge(f"the attachments add up to {total} bytes; a message is limited to {limit} bytes")
+        return tuple(refs)
 
     def _resolve_local(self, req: SendRequest) -> list[User]:
         svc = self.svc
@@ -129,25 +144,29 @@ class Api:
             )
         return out
 
-    async def _deliver_local(self, user: User, req: SendRequest, recipients: list[User]) -> dict:
+    async def _deliver_local(
+        self, user: User, req: SendRequest, recipients: list[User], files: tuple[AttachmentRef, ...] = ()
+    ) -> dict:
         svc = self.svc
         cfg = svc.config
         now = time.time()
         sender = addresses.parse_address({"email": user.email, "name": user.name})
         common = dict(sender=sender, to=req.to, cc=req.cc, bcc=req.bcc, subject=req.subject, body=req.body,
-                      html=req.html, hostname=cfg.server.hostname, date=now)
+                      html=req.html, hostname=cfg.server.hostname, date=now, attachments=files)
         delivered = compose.build(**common)
         sent = compose.build(**common, message_id=delivered.message_id, include_bcc=True) if req.bcc else delivered
-        if len(sent.raw) > cfg.limits.max_message_bytes:
-            raise PayloadTooLarge(
-                f"the message is {len(sent.raw)} bytes once encoded; the limit is {cfg.limits.max_message_bytes}"
-            )
+        # The limit counts the text and the attachments' own bytes (not their base64).
+        total = len(sent.raw) + sum(f.size for f in files)
+        if total > cfg.limits.max_message_bytes:
+            raise PayloadTooLarge(f"the message is {total} bytes; the limit is {cfg.limits.max_message_bytes}")
         try:
             if sent is delivered:
-                key = await svc.blob_writer.put(delivered.raw)
+                key = await svc.blob_writer.put(delivered.stored)
                 keys = (key, key)
             else:
-                keys = tuple(await asyncio.gather(svc.blob_writer.put(delivered.raw), svc.blob_writer.put(sent.raw)))
+                keys = tuple(
+                    await asyncio.gather(svc.blob_writer.put(delivered.stored), svc.blob_writer.put(sent.stored))
+                )
         except StorageError as exc:
             log.error("blob write failed: %s", exc)
             raise Unavailable("message storage is unavailable; nothing was sent, retry later") from exc
@@ -156,16 +175,16 @@ class Api:
             return EmailMeta(
                 id=uuid.uuid4().hex, uid=uid, message_id=delivered.message_id, folder=folder, sender=sender,
                 to=req.to, cc=req.cc, bcc=req.bcc if with_bcc else (), subject=req.subject, snippet=delivered.snippet,
-                date=now, size=size, unread=unread, has_attachments=False, blob=raw_key,
+                date=now, size=size, unread=unread, has_attachments=bool(files), blob=raw_key, attachments=files,
             )
 
-        sent_meta = meta(user.uid, "sent", keys[1], len(sent.raw), False, True)
+        sent_meta = meta(user.uid, "sent", keys[1], sent.size, False, True)
         ops = [Deliver(user.uid, sent_meta, now)]
         seen = set()
         for r in recipients:
             if r.uid not in seen:
                 seen.add(r.uid)
-                ops.append(Deliver(r.uid, meta(r.uid, "inbox", keys[0], len(delivered.raw), True, False), now))
+                ops.append(Deliver(r.uid, meta(r.uid, "inbox", keys[0], delivered.size, True, False), now))
         results = await svc.router.apply(ops)
         for res in results:
             if not res.ok:
@@ -191,31 +210,69 @@ class Api:
             raise NotFound("no such email")
         return meta
 
-    async def _raw(self, meta: EmailMeta) -> bytes:
+    async def _stored(self, meta: EmailMeta) -> bytes:
+        """The stored form of the message: its source, or its skeleton."""
         try:
             return await asyncio.to_thread(self.svc.blobs.get, meta.blob)
         except StorageError as exc:
             log.error("email %s: %s", meta.id, exc)
             raise Unavailable(f"the message source could not be read from storage: {exc}") from exc
 
+    async def _missing(self, refs: tuple[AttachmentRef, ...]) -> set[str]:
+        blobs = self.svc.blobs
+        found = await asyncio.gather(*(asyncio.to_thread(blobs.exists, r.blob) for r in refs))
+        return {r.id for r, ok in zip(refs, found) if not ok}
+
     async def get_email(self, request: Request) -> Response:
         user = authenticate(self.svc, request)
         meta = await self._meta(user, request.path_params["id"])
-        parsed = await asyncio.to_thread(compose.parse, await self._raw(meta))
+        stored = await self._stored(meta)
+        segments = skeleton.unpack(stored)
+        parsed = await asyncio.to_thread(compose.parse, skeleton.text_view(segments) if segments else stored)
+        missing = await self._missing(meta.attachments)
         out = meta.summary()
         out.update(
             body=parsed.text,
             html=parsed.html,
             bcc=[a.to_dict() for a in meta.bcc],
             headers=[[k, v] for k, v in parsed.headers],
-            attachments=parsed.attachments,
+            attachments=[{**r.to_dict(), "available": r.id not in missing} for r in meta.attachments]
+            or parsed.attachments,
         )
         return _json(out)
 
     async def get_raw(self, request: Request) -> Response:
         user = authenticate(self.svc, request)
         meta = await self._meta(user, request.path_params["id"])
-        return Response(await self._raw(meta), media_type="message/rfc822")
+        stored = await self._stored(meta)
+        segments = skeleton.unpack(stored)
+        if segments is None:
+            return Response(stored, media_type="message/rfc822")
+        if await self._missing(meta.attachments):
+            raise Gone("an attachment of this message is missing from storage; GET /v1/emails/{id} still reads it",
+                       code="content_missing")
+        read = self.svc.blobs.read_range
+
+        async def body():
+            it = skeleton.iter_raw(segments, read)
+            while True:
+                chunk = await asyncio.to_thread(next, it, None)
+                if chunk is None:
+                    return
+                yield chunk
+
+        return StreamingResponse(body(), media_type="message/rfc822",
+                                 headers={"Content-Length": str(skeleton.raw_size(segments))})
+
+    async def upload_attachment(self, request: Request) -> Response:
+        user = authenticate(self.svc, request)
+        wait_s = self.svc.send_limiter.take(user.uid, time.monotonic())
+        if wait_s > 0:
+            raise RateLimited(f"uploading too fast; retry in {wait_s:.1f} s", retry_after_s=wait_s)
+        return await self.files.upload(request, user)
+
+    async def get_attachment(self, request: Request) -> Response:
+        return await self.files.download(request, authenticate(self.svc, request))
 
     async def patch_email(self, request: Request) -> Response:
         user = authenticate(self.svc, request)
@@ -328,6 +385,8 @@ def build_app(svc: Services):
         Route("/v1/emails/{id}", api.delete_email, methods=["DELETE"]),
         Route("/v1/emails/{id}/raw", api.get_raw, methods=["GET"]),
         Route("/v1/events", api.events, methods=["GET"]),
+        Route("/v1/attachments", api.upload_attachment, methods=["POST"]),
+        Route("/v1/attachments/{id}", api.get_attachment, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         Route("/openapi.json", api.openapi_json, methods=["GET"]),

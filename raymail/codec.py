@@ -35,6 +35,8 @@ for _tag, _cls in enumerate(
     start=1,
 ):
     register(_tag, _cls)
+register(9, model.AttachmentRef)
+register(10, model.AddUpload)
 
 
 def _default(obj: Any) -> Any:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import quopri
 import re
+import uuid
 from dataclasses import dataclass
 from email import policy
 from email.header import Header, decode_header, make_header
 from email.message import EmailMessage, Message
+from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.parser import BytesParser
 from email.policy import Compat32
 from email.utils import formataddr, formatdate, make_msgid
 
-from raymail.model import Address
+from raymail import skeleton
+from raymail.model import Address, AttachmentRef
 
 SNIPPET_CHARS = 200
 _WS_RE = re.compile(r"\s+")
@@ -22,9 +25,16 @@ _WS_RE = re.compile(r"\s+")
 
 @dataclass(frozen=True, slots=True)
 class Composed:
-    raw: bytes
+    raw: bytes  # the source; for a message with attachments, its skeleton's text view
     message_id: str
     snippet: str
+    segments: list | None = None  # raymail.skeleton segments when there are attachments
+    size: int = 0  # bytes of the full RFC 5322 source
+
+    @property
+    def stored(self) -> bytes:
+        """What goes to blob storage: the source, or the packed skeleton."""
+        return skeleton.pack(self.segments) if self.segments is not None else self.raw
 
 
 class _FastFold(Compat32):
@@ -75,6 +85,7 @@ def build(
     date: float,
     message_id: str | None = None,
     include_bcc: bool = False,
+    attachments: tuple[AttachmentRef, ...] = (),
 ) -> Composed:
     """The RFC 5322 source with CRLF line endings.
 
@@ -88,6 +99,14 @@ def build(
         msg: Message = MIMEMultipart("alternative", _subparts=[text_part, _text_part(html, "html")])
     else:
         msg = text_part
+    tokens: dict[bytes, AttachmentRef] = {}
+    if attachments:
+        parts = [msg]
+        for ref in attachments:
+            token = f"RAYMAIL-ATTACHMENT-{uuid.uuid4().hex}"
+            tokens[token.encode() + b"\r\n"] = ref
+            parts.append(_attachment_part(ref, token))
+        msg = MIMEMultipart("mixed", _subparts=parts)
     mid = message_id or make_msgid(domain=hostname)
     headers: list[tuple[str, str | Header]] = [
         ("Message-ID", mid),
@@ -111,7 +130,31 @@ def build(
         msg[name] = value
     if "MIME-Version" not in msg:
         msg["MIME-Version"] = "1.0"
-    return Composed(raw=msg.as_bytes(policy=_GENERATE), message_id=mid, snippet=snippet_of(body or ""))
+    raw = msg.as_bytes(policy=_GENERATE)
+    snippet = snippet_of(body or "")
+    if not tokens:
+        return Composed(raw=raw, message_id=mid, snippet=snippet, size=len(raw))
+    segments: list[skeleton.Segment] = []
+    pos = 0
+    for token, ref in tokens.items():
+        at = raw.index(token, pos)
+        segments += [raw[pos:at], skeleton.BlobRef(ref.blob, ref.size)]
+        pos = at + len(token)
+    segments.append(raw[pos:])
+    return Composed(raw=skeleton.text_view(segments), message_id=mid, snippet=snippet, segments=segments,
+                    size=skeleton.raw_size(segments))
+
+
+def _attachment_part(ref: AttachmentRef, token: str) -> MIMEBase:
+    main, _, sub = ref.content_type.partition("/")
+    part = MIMEBase(main, sub or "octet-stream")
+    del part["MIME-Version"]
+    name = ref.filename if ref.filename.isascii() else ("utf-8", "", ref.filename)  # RFC 2231
+    part.set_param("name", name)
+    part.add_header("Content-Disposition", "attachment", filename=name)
+    part["Content-Transfer-Encoding"] = "base64"
+    part.set_payload(token)  # replaced by the blob's base64 when the source is rebuilt
+    return part
 
 
 def _text_part(text: str, subtype: str) -> MIMEText:

@@ -37,6 +37,7 @@ class StorageConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_message_bytes: int = 26_214_400
+    max_attachment_bytes: int = 26_214_400
     max_recipients: int = 100
     max_subject_chars: int = 998
     max_page_size: int = 200
@@ -277,7 +278,7 @@ def validate(cfg: Config) -> None:
     if cfg.storage.url and "://" not in cfg.storage.url:
         raise ConfigError(f"[storage] url must look like file:///path or s3://bucket/prefix, got {cfg.storage.url!r}")
     lim = cfg.limits
-    for key in ("max_message_bytes", "max_recipients", "max_subject_chars", "max_page_size", "default_page_size", "send_burst"):
+    for key in ("max_message_bytes", "max_attachment_bytes", "max_recipients", "max_subject_chars", "max_page_size", "default_page_size", "send_burst"):
         _positive("limits", key, getattr(lim, key))
     _positive("limits", "send_rate_per_s", lim.send_rate_per_s)
     if lim.default_page_size > lim.max_page_size:

@@ -15,6 +15,8 @@ from typing import Any
 
 from raymail.model import (
     FOLDERS,
+    AddUpload,
+    AttachmentRef,
     Delete,
     Deliver,
     EmailMeta,
@@ -29,7 +31,7 @@ from raymail.model import (
 class Mailbox:
     """One user's mail. Folder lists hold ``seq`` numbers in arrival order."""
 
-    __slots__ = ("uid", "emails", "folders", "by_seq", "next_seq", "cursor", "events")
+    __slots__ = ("uid", "emails", "folders", "by_seq", "next_seq", "cursor", "events", "uploads", "attached")
 
     def __init__(self, uid: str, events_retained: int) -> None:
         self.uid = uid
@@ -39,6 +41,31 @@ class Mailbox:
         self.next_seq = 1
         self.cursor = 0
         self.events: deque[Event] = deque(maxlen=events_retained)
+        self.uploads: dict[str, AttachmentRef] = {}
+        # attachment id -> (ref, how many of this user's emails carry it)
+        self.attached: dict[str, tuple[AttachmentRef, int]] = {}
+
+    def attachment(self, attachment_id: str) -> AttachmentRef | None:
+        """An attachment this user uploaded or received; None for anybody else's."""
+        ref = self.uploads.get(attachment_id)
+        if ref is not None:
+            return ref
+        hit = self.attached.get(attachment_id)
+        return hit[0] if hit else None
+
+    def add_upload(self, ref: AttachmentRef) -> OpResult:
+        if ref.id in self.uploads:
+            return OpResult(ok=True)
+        self.uploads[ref.id] = ref
+        return OpResult(ok=True, changed=True)
+
+    def _attach(self, meta: EmailMeta, delta: int) -> None:
+        for ref in meta.attachments:
+            _, n = self.attached.get(ref.id, (ref, 0))
+            if n + delta > 0:
+                self.attached[ref.id] = (ref, n + delta)
+            else:
+                self.attached.pop(ref.id, None)
 
     # -- reads -------------------------------------------------------------
     def page(self, folder: str, page_number: int, page_size: int) -> tuple[list[EmailMeta], int]:
@@ -81,6 +108,7 @@ class Mailbox:
         self.emails[meta.id] = meta
         self.by_seq[meta.seq] = meta.id
         self.folders.setdefault(meta.folder, []).append(meta.seq)
+        self._attach(meta, +1)
         return OpResult(ok=True, event=self._event(EventType.NEW, meta.id, ts, meta.summary()))
 
     def update(self, email_id: str, ts: float, unread: bool | None, folder: str | None) -> OpResult:
@@ -107,6 +135,7 @@ class Mailbox:
             return OpResult(ok=False, error="not_found", message="no such email")
         self._remove_seq(meta)
         del self.by_seq[meta.seq]
+        self._attach(meta, -1)
         return OpResult(ok=True, event=self._event(EventType.DELETED, email_id, ts, None))
 
     def _remove_seq(self, meta: EmailMeta) -> None:
@@ -118,7 +147,15 @@ class Mailbox:
     # -- snapshots ---------------------------------------------------------
     def dump(self) -> dict[str, Any]:
         emails = sorted(self.emails.values(), key=lambda m: m.seq)
-        return {"uid": self.uid, "emails": emails, "next_seq": self.next_seq, "cursor": self.cursor, "events": list(self.events)}
+        return {"uid": self.uid, "emails": emails, "next_seq": self.next_seq, "cursor": self.cursor,
+                "events": list(self.events), "uploads": list(self.uploads.values())}
+
+    def blob_keys(self) -> set[str]:
+        """Every blob this mailbox references (for garbage collection)."""
+        keys = {m.blob for m in self.emails.values()}
+        keys.update(ref.blob for m in self.emails.values() for ref in m.attachments)
+        keys.update(ref.blob for ref in self.uploads.values())
+        return keys
 
     @classmethod
     def load(cls, data: dict[str, Any], events_retained: int) -> Mailbox:
@@ -127,6 +164,8 @@ class Mailbox:
             mb.emails[meta.id] = meta
             mb.by_seq[meta.seq] = meta.id
             mb.folders.setdefault(meta.folder, []).append(meta.seq)
+            mb._attach(meta, +1)
+        mb.uploads = {ref.id: ref for ref in data.get("uploads", ())}
         mb.next_seq = data["next_seq"]
         mb.cursor = data["cursor"]
         mb.events.extend(data["events"])
@@ -157,6 +196,8 @@ class ShardState:
             if mb is None:
                 return OpResult(ok=False, error="not_found", message="no such email")
             return mb.update(op.email_id, op.ts, op.unread, op.folder)
+        if isinstance(op, AddUpload):
+            return self.mailbox(op.uid).add_upload(op.attachment)
         if isinstance(op, Delete):
             mb = self.peek(op.uid)
             if mb is None:

@@ -42,6 +42,22 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentRef:
+    """An attachment: the bytes are the content-addressed blob ``blob``."""
+
+    id: str
+    sha256: str
+    size: int
+    content_type: str
+    filename: str
+    blob: str
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "sha256": self.sha256, "size": self.size,
+                "content_type": self.content_type, "filename": self.filename}
+
+
+@dataclass(frozen=True, slots=True)
 class EmailMeta:
     """What a mailbox keeps about one message; the bytes live in blob storage."""
 
@@ -59,8 +75,9 @@ class EmailMeta:
     size: int
     unread: bool
     has_attachments: bool
-    blob: str  # storage key of the RFC 5322 source
+    blob: str  # storage key of the RFC 5322 source (or of its skeleton, see raymail.skeleton)
     seq: int = 0  # arrival order inside the mailbox, assigned by the mailbox
+    attachments: tuple[AttachmentRef, ...] = ()
 
     def summary(self) -> dict:
         return {
@@ -123,7 +140,16 @@ class Delete:
     ts: float
 
 
-Op = Deliver | Update | Delete
+@dataclass(frozen=True, slots=True)
+class AddUpload:
+    """A file the user uploaded, usable in their next sends."""
+
+    uid: str
+    attachment: AttachmentRef
+    ts: float
+
+
+Op = Deliver | Update | Delete | AddUpload
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +160,4 @@ class OpResult:
     event: Event | None = None
     error: str | None = None  # "not_found" | "invalid"
     message: str = ""
+    changed: bool = False  # state changed without an event (e.g. an upload): log it

@@ -1,9 +1,14 @@
-"""Content-addressed blob storage over fsspec (``file://`` here, ``s3://`` later).
+"""Content-addressed blob storage over fsspec: ``file://`` (default) or ``s3://`` (s3fs).
 
 A blob's key is ``<kind>/<sha256[:2]>/<sha256>``; writing the same bytes twice
 stores them once. Writes are atomic: a local blob is written under a temporary
 name, fsync'd and renamed (then the directory is fsync'd); an object store gets a
-single PUT. A crash never leaves a half blob under its final key.
+single PUT, or for a streamed upload a multipart upload under ``tmp/`` followed by
+a server-side copy. A crash never leaves a half blob under its final key; stale
+``tmp/`` objects are removed by the garbage collector.
+
+Every storage failure leaves as ``StorageError`` (``BlobMissing`` when the blob is
+not there); fsspec, OS and S3 client errors are mapped here.
 """
 
 from __future__ import annotations
@@ -36,6 +41,82 @@ def blob_key(kind: str, sha256_hex: str) -> str:
     return f"{kind}/{sha256_hex[:2]}/{sha256_hex}"
 
 
+class BlobMissing(StorageError):
+    """The blob is not in storage (deleted, or never written)."""
+
+
+UPLOAD_PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size: bounds memory per upload
+
+
+class Upload:
+    """A blob being streamed in: hashed on the way, invisible until ``commit``."""
+
+    def __init__(self, store: BlobStore, kind: str) -> None:
+        self.store = store
+        self.kind = kind
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.tmp = f"{store.root}/tmp/{uuid.uuid4().hex}"
+        try:
+            if store.local:
+                Path(self.tmp).parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.tmp, "wb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+            else:
+                self._fh = store.fs.open(self.tmp, "wb", block_size=UPLOAD_PART_BYTES)
+        except Exception as exc:  # noqa: BLE001 - mapped at the boundary
+            raise StorageError(f"storage is unavailable: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        self.sha.update(data)
+        self.size += len(data)
+        try:
+            self._fh.write(data)
+        except Exception as exc:  # noqa: BLE001
+            self.abort()
+            raise StorageError(f"storage failed during the upload: {exc}") from exc
+
+    def commit(self) -> tuple[str, str, int]:
+        """Make the blob durable under its content address; returns (key, sha256, size)."""
+        sha = self.sha.hexdigest()
+        key = blob_key(self.kind, sha)
+        final = self.store._path(key)
+        fs = self.store.fs
+        try:
+            if self.store.local:
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+                if os.path.exists(final):
+                    os.unlink(self.tmp)  # deduplicated: the same bytes are already stored
+                else:
+                    Path(final).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(self.tmp, final)
+                    fsync_dir(Path(final).parent)
+            else:
+                self._fh.close()
+                if fs.exists(final):
+                    fs.rm_file(self.tmp)
+                else:
+                    fs.mv(self.tmp, final)
+        except Exception as exc:  # noqa: BLE001
+            self.abort()
+            raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
+        return key, sha, self.size
+
+    def abort(self) -> None:
+        try:
+            if not self._fh.closed:
+                if self.store.local:
+                    self._fh.close()
+                else:
+                    self._fh.discard() if hasattr(self._fh, "discard") else self._fh.close()
+        except Exception:  # noqa: BLE001 - best effort; GC removes what is left in tmp/
+            pass
+        try:
+            self.store.fs.rm_file(self.tmp)
+        except Exception:  # noqa: BLE001
+            pass
+
+
 class BlobStore:
     def __init__(self, url: str, options: dict | None = None) -> None:
         try:
@@ -65,7 +146,7 @@ class BlobStore:
                     path = self._path(key)
                     if not self.fs.exists(path):
                         self.fs.pipe_file(path, data)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - mapped at the boundary
             raise StorageError(f"could not store blob {keys[0]}: {exc}") from exc
         return keys
 
@@ -115,12 +196,72 @@ class BlobStore:
         try:
             return self.fs.cat_file(self._path(key))
         except FileNotFoundError as exc:
-            raise StorageError(f"blob {key} is missing from storage") from exc
-        except OSError as exc:
+            raise BlobMissing(f"blob {key} is missing from storage") from exc
+        except Exception as exc:  # noqa: BLE001
             raise StorageError(f"could not read blob {key}: {exc}") from exc
 
     def exists(self, key: str) -> bool:
         try:
             return bool(self.fs.exists(self._path(key)))
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001
             raise StorageError(f"could not check blob {key}: {exc}") from exc
+
+    def upload(self, kind: str) -> Upload:
+        return Upload(self, kind)
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self.fs.size(self._path(key)))
+        except FileNotFoundError as exc:
+            raise BlobMissing(f"blob {key} is missing from storage") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"could not read blob {key}: {exc}") from exc
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end of the blob)."""
+        try:
+            if self.local:
+                with open(self._path(key), "rb") as fh:
+                    fh.seek(start)
+                    return fh.read(length)
+            return self.fs.cat_file(self._path(key), start=start, end=start + length)
+        except FileNotFoundError as exc:
+            raise BlobMissing(f"blob {key} is missing from storage") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"could not read blob {key}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"could not delete blob {key}: {exc}") from exc
+
+    def list(self, prefix: str) -> list[tuple[str, int, float]]:
+        """(key, size, modified epoch seconds) of every object under ``prefix``."""
+        base = f"{self.root}/{prefix}".rstrip("/")
+        try:
+            if self.local and not os.path.isdir(base):
+                return []
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"could not list {prefix}: {exc}") from exc
+        out = []
+        for path, info in found.items():
+            key = path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
+            out.append((key, int(info.get("size") or 0), _mtime(info)))
+        return out
+
+
+def _mtime(info: dict) -> float:
+    for name in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(name)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        return float(value)
+    return 0.0

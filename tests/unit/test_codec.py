@@ -8,7 +8,9 @@ import msgpack
 import pytest
 
 from raymail import codec
-from raymail.model import Address, Delete, Deliver, EmailMeta, Event, OpResult, Update, User
+from raymail.model import AddUpload, Address, AttachmentRef, Delete, Deliver, EmailMeta, Event, OpResult, Update, User
+
+ATT = AttachmentRef(id="a1", sha256="ab" * 32, size=3, content_type="text/plain", filename="näme.txt", blob="att/ab/" + "ab" * 32)
 
 A = Address("alice@example.com", "Alice Ünïcode")
 B = Address("bob@example.org")
@@ -45,6 +47,9 @@ SAMPLES = [
     Update(uid="u1", email_id="e1", ts=3.0, unread=None, folder="archive"),
     Delete(uid="u1", email_id="e1", ts=4.0),
     OpResult(ok=True, event=EVENT_SCALAR),
+    OpResult(ok=True, changed=True),
+    ATT,
+    AddUpload(uid="u1", attachment=ATT, ts=3.0),
     OpResult(ok=False, error="not_found", message="no such email"),
 ]
 

@@ -1,0 +1,176 @@
+"""``/v1/attachments``: streamed uploads into content-addressed storage, and downloads
+with Range support to the uploader and to recipients of mail that carries them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.services import Services
+from raymail import attachments as att
+from raymail.errors import (
+    ApiError,
+    BadRequest,
+    Gone,
+    NotFound,
+    PayloadTooLarge,
+    StorageError,
+    Unavailable,
+    Unprocessable,
+)
+from raymail.model import AddUpload, AttachmentRef, User
+from raymail.store.blobs import BlobMissing, Upload
+
+log = logging.getLogger(__name__)
+
+WRITE_BUFFER_BYTES = 1024 * 1024  # chunks are gathered to this size before each storage write
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+class RangeNotSatisfiable(ApiError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
+def _filename(request: Request) -> str | None:
+    raw = request.headers.get("x-filename")
+    return unquote(raw) if raw else None
+
+
+class FilesApi:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.limit_bytes = svc.config.limits.max_attachment_bytes
+
+    async def upload(self, request: Request, user: User) -> Response:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.limit_bytes + 64 * 1024:
+            raise PayloadTooLarge(f"attachments are limited to {self.limit_bytes} bytes")
+        ctype_header = request.headers.get("content-type", "")
+        if ctype_header.lower().startswith("multipart/form-data"):
+            return await self._upload_form(request, user)
+        try:
+            content_type = att.normalize_content_type(ctype_header)
+        except att.AttachmentError as exc:
+            raise Unprocessable(str(exc), code="invalid_content_type") from None
+        filename = att.sanitize_filename(_filename(request))
+        ref = await self._store(user, request.stream(), content_type, filename)
+        return await self._record(user, ref)
+
+    async def _upload_form(self, request: Request, user: User) -> Response:
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception as exc:  # noqa: BLE001 - the multipart parser's errors
+            raise BadRequest(f"the multipart body could not be read: {exc}") from None
+        try:
+            files = [v for v in form.values() if hasattr(v, "read")]
+            if not files:
+                raise Unprocessable("the form has no file field", code="no_file")
+            upload = files[0]
+            try:
+                content_type = att.normalize_content_type(upload.content_type or "application/octet-stream")
+            except att.AttachmentError as exc:
+                raise Unprocessable(str(exc), code="invalid_content_type") from None
+
+            async def chunks() -> AsyncIterator[bytes]:
+                while chunk := await upload.read(WRITE_BUFFER_BYTES):
+                    yield chunk
+
+            ref = await self._store(user, chunks(), content_type, att.sanitize_filename(upload.filename))
+        finally:
+            await form.close()
+        return await self._record(user, ref)
+
+    async def _store(self, user: User, body: AsyncIterator[bytes], content_type: str, filename: str) -> AttachmentRef:
+        blobs = self.svc.blobs
+        try:
+            upload: Upload = await asyncio.to_thread(blobs.upload, "att")
+        except StorageError as exc:
+            raise Unavailable(f"attachment storage is unavailable; retry later ({exc})") from exc
+        pending: list[bytes] = []
+        pending_bytes = 0
+        total = 0
+        try:
+            async for chunk in body:
+                total += len(chunk)
+                if total > self.limit_bytes:
+                    raise PayloadTooLarge(f"attachments are limited to {self.limit_bytes} bytes")
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= WRITE_BUFFER_BYTES:
+                    data, pending, pending_bytes = b"".join(pending), [], 0
+                    await asyncio.to_thread(upload.write, data)
+            if total == 0:
+                raise Unprocessable("the upload is empty", code="empty_upload")
+            if pending:
+                await asyncio.to_thread(upload.write, b"".join(pending))
+            key, sha, size = await asyncio.to_thread(upload.commit)
+        except StorageError as exc:
+            await asyncio.to_thread(upload.abort)
+            log.error("attachment upload failed: %s", exc)
+            raise Unavailable("attachment storage failed during the upload; nothing was kept, retry") from exc
+        except BaseException:
+            await asyncio.to_thread(upload.abort)
+            raise
+        return AttachmentRef(id=uuid.uuid4().hex, sha256=sha, size=size, content_type=content_type,
+                             filename=filename, blob=key)
+
+    async def _record(self, user: User, ref: AttachmentRef) -> Response:
+        (res,) = await self.svc.router.apply([AddUpload(user.uid, ref, time.time())])
+        if not res.ok:
+            raise Unavailable(f"the upload could not be recorded: {res.message}")
+        from gateway.app import _json
+
+        return _json(ref.to_dict(), 201)
+
+    async def download(self, request: Request, user: User) -> Response:
+        attachment_id = request.path_params["id"]
+        ref = await self.lookup(user, attachment_id) if len(attachment_id) <= 64 else None
+        if ref is None:
+            raise NotFound("no such attachment")
+        blobs = self.svc.blobs
+        try:
+            await asyncio.to_thread(blobs.size, ref.blob)
+        except BlobMissing as exc:
+            raise Gone("the attachment's content is missing from storage", code="content_missing") from exc
+        except StorageError as exc:
+            raise Unavailable("attachment storage is unavailable; retry later") from exc
+        try:
+            rng = att.parse_range(request.headers.get("range"), ref.size)
+        except att.AttachmentError as exc:
+            raise RangeNotSatisfiable(str(exc)) from None
+        start, end = rng if rng else (0, ref.size - 1)
+        headers = {
+            "Content-Disposition": att.content_disposition(ref.filename),
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{ref.sha256}"',
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox",
+            "Content-Length": str(end - start + 1 if ref.size else 0),
+        }
+        status = 200
+        if rng:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{ref.size}"
+        return StreamingResponse(
+            self._stream(ref.blob, start, end + 1), status_code=status, headers=headers, media_type=ref.content_type
+        )
+
+    async def _stream(self, key: str, start: int, stop: int) -> AsyncIterator[bytes]:
+        pos = start
+        while pos < stop:
+            chunk = await asyncio.to_thread(self.svc.blobs.read_range, key, pos, min(READ_CHUNK_BYTES, stop - pos))
+            if not chunk:
+                break
+            yield chunk
+            pos += len(chunk)
+
+    async def lookup(self, user: User, attachment_id: str) -> AttachmentRef | None:
+        return await self.svc.router.read(user.uid, "get_attachment", attachment_id)
