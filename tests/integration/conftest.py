@@ -30,6 +30,7 @@ class App:
     deployment: Deployment
     config: config_mod.Config
     directory: Directory
+    backend: str = "file"
 
     @property
     def port(self) -> int:
@@ -69,6 +70,12 @@ def make_config(tmp: Path, **sections) -> config_mod.Config:
     return config_mod.from_dict(raw)
 
 
+def storage_of(app: App):
+    from raymail.store.blobs import BlobStore
+
+    return BlobStore(app.config.storage_url, app.config.storage.options)
+
+
 def start_app(tmp: Path, **sections) -> App:
     cfg = make_config(tmp, **sections)
     Directory(cfg.data_path).add_domain("example.test")
@@ -80,5 +87,71 @@ def start_app(tmp: Path, **sections) -> App:
 def app(ray_cluster, tmp_path_factory):
     """The shared deployment: 2 shards, 2 gateway processes on one port."""
     a = start_app(tmp_path_factory.mktemp("app"), gateway={"processes": 2})
+    yield a
+    a.deployment.stop()
+
+
+class MotoServer:
+    """A real S3-compatible HTTP server on loopback (moto's standalone server)."""
+
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        exe = Path(sys.executable).with_name("moto_server")
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                httpx.get(self.endpoint, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("moto_server did not start")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def options(self) -> dict:
+        return {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}
+
+    def bucket(self, name: str) -> str:
+        import s3fs
+
+        s3fs.S3FileSystem(**self.options).mkdir(name)
+        return f"s3://{name}/raymail"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def moto():
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["file", "s3"])
+def storage_app(request, ray_cluster, tmp_path_factory):
+    """A deployment per storage backend: the same tests run on file:// and s3://."""
+    tmp = tmp_path_factory.mktemp(f"storage-{request.param}")
+    storage = {"url": ""}
+    if request.param == "s3":
+        server = request.getfixturevalue("moto")
+        storage = {"url": server.bucket(f"b{uuid.uuid4().hex[:10]}"), "options": server.options}
+    a = start_app(tmp, storage=storage, limits={"max_attachment_bytes": 2 * 1024 * 1024,
+                                                "max_message_bytes": 3 * 1024 * 1024})
+    a.backend = request.param
     yield a
     a.deployment.stop()

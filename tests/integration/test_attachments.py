@@ -1,0 +1,239 @@
+"""Attachments end to end, on file:// and on s3:// (a real S3-compatible server)."""
+
+from __future__ import annotations
+
+import email
+import hashlib
+import os
+from email import policy
+from urllib.parse import quote
+
+import pytest
+from conftest import storage_of
+
+PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(150_000)
+
+
+async def upload(app, token, data, ctype="image/png", filename="photo.png", **headers):
+    async with app.client(token) as c:
+        h = {"Content-Type": ctype, **headers}
+        if filename is not None:
+            h["X-Filename"] = filename
+        return await c.post("/v1/attachments", content=data, headers=h)
+
+
+def att_objects(app):
+    return {k for k, _, _ in storage_of(app).list("att")}
+
+
+async def test_upload_download_range_and_dedup(storage_app):
+    app = storage_app
+    alice, bob = app.user(), app.user()
+    r = await upload(app, alice["token"], PNG)
+    assert r.status_code == 201, r.text
+    meta = r.json()
+    assert meta["size"] == len(PNG) and meta["sha256"] == hashlib.sha256(PNG).hexdigest()
+    assert meta["content_type"] == "image/png" and meta["filename"] == "photo.png"
+    async with app.client(alice["token"]) as c:
+        got = await c.get(f"/v1/attachments/{meta['id']}")
+        assert got.status_code == 200 and got.content == PNG
+        assert got.headers["content-type"] == "image/png"
+        assert got.headers["content-disposition"].startswith('attachment; filename="photo.png"')
+        assert got.headers["x-content-type-options"] == "nosniff"
+        part = await c.get(f"/v1/attachments/{meta['id']}", headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == PNG[100:200]
+        assert part.headers["content-range"] == f"bytes 100-199/{len(PNG)}"
+        tail = await c.get(f"/v1/attachments/{meta['id']}", headers={"Range": "bytes=-10"})
+        assert tail.content == PNG[-10:]
+        bad = await c.get(f"/v1/attachments/{meta['id']}", headers={"Range": f"bytes={len(PNG)}-"})
+        assert bad.status_code == 416
+    before = att_objects(app)
+    r2 = await upload(app, bob["token"], PNG, filename="same.png")  # another user, same bytes
+    assert r2.status_code == 201 and r2.json()["sha256"] == meta["sha256"] and r2.json()["id"] != meta["id"]
+    assert att_objects(app) == before  # stored once
+    assert not storage_of(app).list("tmp")
+    async with app.client(bob["token"]) as c:  # bob cannot read alice's upload by its id
+        assert (await c.get(f"/v1/attachments/{meta['id']}")).status_code == 404
+
+
+async def test_send_with_attachments_and_access(storage_app):
+    app = storage_app
+    alice, bob, carol = app.user(), app.user(), app.user()
+    doc = os.urandom(70_000)
+    a1 = (await upload(app, alice["token"], PNG)).json()
+    a2 = (await upload(app, alice["token"], doc, ctype="application/pdf", filename="r%C3%A9sum%C3%A9.pdf")).json()
+    assert a2["filename"] == "résumé.pdf"
+    async with app.client(alice["token"]) as c:
+        r = await c.post("/v1/send", json={"subject": "files", "recipients": [bob["email"]], "body": "two files",
+                                            "attachments": [a1["id"], a2["id"]]})
+        assert r.status_code == 201, r.text
+    async with app.client(bob["token"]) as c:
+        summary = (await c.get("/v1/emails")).json()["emails"][0]
+        assert summary["has_attachments"] is True
+        full = (await c.get(f"/v1/emails/{summary['id']}")).json()
+        assert full["body"].strip() == "two files"
+        assert [(x["filename"], x["size"], x["content_type"], x["available"]) for x in full["attachments"]] == [
+            ("photo.png", len(PNG), "image/png", True), ("résumé.pdf", len(doc), "application/pdf", True)]
+        assert (await c.get(f"/v1/attachments/{a2['id']}")).content == doc  # a recipient may read it
+        raw = (await c.get(f"/v1/emails/{summary['id']}/raw")).content
+        assert len(raw) == summary["size"]
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert msg.get_content_type() == "multipart/mixed"
+    parts = list(msg.iter_attachments())
+    assert [p.get_filename() for p in parts] == ["photo.png", "résumé.pdf"]
+    assert parts[0].get_payload(decode=True) == PNG and parts[1].get_payload(decode=True) == doc
+    async with app.client(carol["token"]) as c:  # not a recipient: nothing
+        assert (await c.get(f"/v1/attachments/{a1['id']}")).status_code == 404
+        r = await c.post("/v1/send", json={"recipients": [bob["email"]], "attachments": [a1["id"]]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_attachment"
+    async with app.client(bob["token"]) as c:  # forwarding what one received is allowed
+        r = await c.post("/v1/send", json={"recipients": [carol["email"]], "body": "fwd", "attachments": [a1["id"]]})
+        assert r.status_code == 201
+    async with app.client(carol["token"]) as c:
+        assert (await c.get(f"/v1/attachments/{a1['id']}")).content == PNG
+
+
+async def test_multipart_form_upload(storage_app):
+    app = storage_app
+    alice = app.user()
+    async with app.client(alice["token"]) as c:
+        r = await c.post("/v1/attachments", files={"file": ("notes.txt", b"hello world\n" * 100, "text/plain")})
+        assert r.status_code == 201, r.text
+        assert r.json()["filename"] == "notes.txt" and r.json()["size"] == 1200
+
+
+@pytest.mark.parametrize(
+    "filename, expected",
+    [("../../etc/passwd", "passwd"), ("a\x00b.txt", "ab.txt"), ("x" * 10_000 + ".txt", "x" * 196 + ".txt"),
+     ("invoice\u202egnp.exe", "invoicegnp.exe"), ("..", "attachment"), ("C:\\win\\evil.bat", "evil.bat")],
+)
+async def test_hostile_filenames(storage_app, filename, expected):
+    app = storage_app
+    alice = app.user()
+    # X-Filename carries percent-encoded UTF-8 (HTTP headers cannot hold NUL or non-Latin-1 text).
+    r = await upload(app, alice["token"], b"data" * 10, ctype="text/plain", filename=quote(filename, safe=""))
+    assert r.status_code == 201, r.text
+    assert r.json()["filename"] == expected
+    async with app.client(alice["token"]) as c:
+        got = await c.get(f"/v1/attachments/{r.json()['id']}")
+        disposition = got.headers["content-disposition"]
+        assert "/" not in disposition.split("filename*")[0] and "\r" not in disposition and "\n" not in disposition
+
+
+@pytest.mark.parametrize(
+    "ctype, data, status, code",
+    [(None, b"abc", 422, "invalid_content_type"), ("not a type", b"abc", 422, "invalid_content_type"),
+     ("text/plain", b"", 422, "empty_upload"), ("multipart/mixed; boundary=x", b"abc", 422, "invalid_content_type"),
+     ("multipart/form-data; boundary=zzz", b"garbage", 400, "bad_request")],
+)
+async def test_bad_uploads(storage_app, ctype, data, status, code):
+    app = storage_app
+    alice = app.user()
+    before = att_objects(app)
+    async with app.client(alice["token"]) as c:
+        headers = {"Content-Type": ctype} if ctype else {}
+        r = await c.post("/v1/attachments", content=data, headers=headers)
+        if ctype is None:  # httpx adds no Content-Type for raw bytes
+            assert "content-type" not in r.request.headers
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["code"] == code
+    assert att_objects(app) == before and not storage_of(app).list("tmp")
+
+
+async def test_upload_over_the_limit_stores_nothing(storage_app):
+    app = storage_app
+    alice = app.user()
+    before = att_objects(app)
+    big = os.urandom(2 * 1024 * 1024 + 1)
+    r = await upload(app, alice["token"], big, ctype="application/octet-stream")
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+    async def chunked():  # no Content-Length: the limit is enforced while streaming
+        for i in range(0, len(big), 256 * 1024):
+            yield big[i : i + 256 * 1024]
+
+    async with app.client(alice["token"]) as c:
+        r = await c.post("/v1/attachments", content=chunked(), headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 413
+    assert att_objects(app) == before and not storage_of(app).list("tmp")
+
+
+async def test_message_over_the_limit_with_attachments(storage_app):
+    app = storage_app
+    alice, bob = app.user(), app.user()
+    ids = [(await upload(app, alice["token"], os.urandom(1_500_000), ctype="application/zip")).json()["id"]
+           for _ in range(3)]
+    async with app.client(alice["token"]) as c:
+        r = await c.post("/v1/send", json={"recipients": [bob["email"]], "attachments": ids})
+        assert r.status_code == 413
+        r = await c.post("/v1/send", json={"recipients": [bob["email"]], "attachments": ids[:1]})
+        assert r.status_code == 201
+
+
+async def test_blob_deleted_under_a_referenced_message(storage_app):
+    app = storage_app
+    alice, bob = app.user(), app.user()
+    data = os.urandom(5000)
+    a = (await upload(app, alice["token"], data, ctype="application/pdf", filename="gone.pdf")).json()
+    async with app.client(alice["token"]) as c:
+        assert (await c.post("/v1/send", json={"recipients": [bob["email"]], "body": "still here",
+                                                "attachments": [a["id"]]})).status_code == 201
+    storage_of(app).delete(f"att/{a['sha256'][:2]}/{a['sha256']}")
+    async with app.client(bob["token"]) as c:
+        eid = (await c.get("/v1/emails")).json()["emails"][0]["id"]
+        full = await c.get(f"/v1/emails/{eid}")
+        assert full.status_code == 200 and full.json()["body"].strip() == "still here"
+        assert full.json()["attachments"][0]["available"] is False
+        r = await c.get(f"/v1/attachments/{a['id']}")
+        assert r.status_code == 410 and r.json()["error"]["code"] == "content_missing"
+        assert (await c.get(f"/v1/emails/{eid}/raw")).status_code == 410
+    # uploading the same bytes again heals every message that carries them
+    assert (await upload(app, alice["token"], data, ctype="application/pdf")).status_code == 201
+    async with app.client(bob["token"]) as c:
+        assert (await c.get(f"/v1/attachments/{a['id']}")).content == data
+
+
+async def test_storage_unavailable_mid_upload_then_retry(ray_cluster, tmp_path):
+    from conftest import MotoServer, start_app
+
+    server = MotoServer()
+    url = server.bucket("flaky")
+    app = start_app(tmp_path, storage={"url": url, "options": server.options})
+    try:
+        alice = app.user()
+        data = os.urandom(12 * 1024 * 1024)
+
+        async def body():
+            for i in range(0, len(data), 1024 * 1024):
+                if i == 9 * 1024 * 1024:
+                    server.stop()  # the object store goes away mid-upload
+                yield data[i : i + 1024 * 1024]
+
+        async with app.client(alice["token"]) as c:
+            r = await c.post("/v1/attachments", content=body(), headers={"Content-Type": "application/zip"})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "unavailable"
+        # The store comes back (empty: moto keeps objects in memory) and a retry works.
+        server.proc = __import__("subprocess").Popen(
+            [str(__import__("pathlib").Path(__import__("sys").executable).with_name("moto_server")),
+             "-H", "127.0.0.1", "-p", str(server.port)],
+            stdout=__import__("subprocess").DEVNULL, stderr=__import__("subprocess").DEVNULL)
+        import asyncio
+
+        import httpx
+
+        for _ in range(100):
+            try:
+                httpx.get(server.endpoint, timeout=1)
+                break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
+        server.bucket("flaky")
+        r = await upload(app, alice["token"], data, ctype="application/zip")
+        assert r.status_code == 201
+        store = storage_of(app)
+        assert [k for k, _, _ in store.list("att")] == [f"att/{r.json()['sha256'][:2]}/{r.json()['sha256']}"]
+        assert not store.list("tmp")
+    finally:
+        app.deployment.stop()
+        server.stop()
