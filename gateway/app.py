@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
-from gateway import openapi, websocket
+from gateway import intake, openapi, websocket
 from gateway.files import FilesApi
 from gateway.services import Services
 from raymail import addresses, compose, skeleton
@@ -264,6 +264,35 @@ class Api:
         return StreamingResponse(body(), media_type="message/rfc822",
                                  headers={"Content-Length": str(skeleton.raw_size(segments))})
 
+    async def import_message(self, request: Request) -> Response:
+        """``POST /v1/import``: an RFC 5322 message into the caller's own mailbox."""
+        user = authenticate(self.svc, request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "message/rfc822":
+            raise Unprocessable("send the message as Content-Type: message/rfc822", code="invalid_content_type")
+        folder = request.query_params.get("folder", "inbox")
+        if folder not in FOLDERS:
+            raise Unprocessable(f"folder must be one of {', '.join(sorted(FOLDERS))}", code="invalid_query")
+        limit = self.svc.config.limits.max_message_bytes
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the message is over {limit} bytes")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            raise Unprocessable("the message is empty", code="empty_message")
+        try:
+            stored = await intake.store_raw(self.svc, raw)
+        except StorageError as exc:
+            raise Unavailable("message storage is unavailable; nothing was stored, retry later") from exc
+        meta = intake.meta_for(stored, user.uid, folder, unread=folder == "inbox")
+        (res,) = await self.svc.router.apply([Deliver(user.uid, meta, time.time())])
+        if not res.ok:
+            raise Unavailable(f"the message could not be stored: {res.message}")
+        return _json(meta.summary(), 201)
+
     async def upload_attachment(self, request: Request) -> Response:
         user = authenticate(self.svc, request)
         wait_s = self.svc.send_limiter.take(user.uid, time.monotonic())
@@ -385,6 +414,7 @@ def build_app(svc: Services):
         Route("/v1/emails/{id}", api.delete_email, methods=["DELETE"]),
         Route("/v1/emails/{id}/raw", api.get_raw, methods=["GET"]),
         Route("/v1/events", api.events, methods=["GET"]),
+        Route("/v1/import", api.import_message, methods=["POST"]),
         Route("/v1/attachments", api.upload_attachment, methods=["POST"]),
         Route("/v1/attachments/{id}", api.get_attachment, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),

@@ -237,3 +237,53 @@ async def test_storage_unavailable_mid_upload_then_retry(ray_cluster, tmp_path):
     finally:
         app.deployment.stop()
         server.stop()
+
+
+def _mime_with_attachment(data: bytes) -> bytes:
+    from email.message import EmailMessage
+
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = "Zed <zed@elsewhere.test>"
+    msg["To"] = "someone@example.test"
+    msg["Subject"] = "Quarterly report"
+    msg["Message-ID"] = "<q1@elsewhere.test>"
+    msg.set_content("Report attached.\n")
+    msg.add_attachment(data, maintype="application", subtype="pdf", filename="q1 report.pdf")
+    return msg.as_bytes()
+
+
+async def test_import_extracts_attachments_and_keeps_the_bytes(storage_app):
+    app = storage_app
+    alice = app.user()
+    data = os.urandom(40_000)
+    raw = _mime_with_attachment(data)
+    async with app.client(alice["token"]) as c:
+        r = await c.post("/v1/import", content=raw, headers={"Content-Type": "message/rfc822"})
+        assert r.status_code == 201, r.text
+        summary = r.json()
+        assert summary["subject"] == "Quarterly report" and summary["has_attachments"] is True
+        assert summary["from"] == {"name": "Zed", "email": "zed@elsewhere.test"} and summary["size"] == len(raw)
+        full = (await c.get(f"/v1/emails/{summary['id']}")).json()
+        (a,) = full["attachments"]
+        assert (a["filename"], a["size"], a["content_type"]) == ("q1 report.pdf", len(data), "application/pdf")
+        assert a["sha256"] == hashlib.sha256(data).hexdigest()
+        assert (await c.get(f"/v1/attachments/{a['id']}")).content == data
+        assert (await c.get(f"/v1/emails/{summary['id']}/raw")).content == raw  # byte for byte
+        before = att_objects(app)
+        again = await c.post("/v1/import", content=raw, headers={"Content-Type": "message/rfc822"})
+        assert again.status_code == 201 and att_objects(app) == before  # the file is stored once
+
+
+@pytest.mark.parametrize("raw", [b"\x00\xff garbage without headers", b"Subject: =?broken?=\r\nMessage-ID: <\r\n\r\nbody",
+                                 b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n" * 50])
+async def test_import_of_malformed_mime_is_kept_as_received(storage_app, raw):
+    app = storage_app
+    alice = app.user()
+    async with app.client(alice["token"]) as c:
+        r = await c.post("/v1/import", content=raw, headers={"Content-Type": "message/rfc822"})
+        assert r.status_code == 201, r.text
+        eid = r.json()["id"]
+        assert (await c.get(f"/v1/emails/{eid}")).status_code == 200
+        assert (await c.get(f"/v1/emails/{eid}/raw")).content == raw
+        bad = await c.post("/v1/import", content=raw, headers={"Content-Type": "text/plain"})
+        assert bad.status_code == 422

@@ -1,0 +1,79 @@
+"""Storing a message that arrives as RFC 5322 bytes (import now, SMTP later).
+
+Attachment bodies are cut out into content-addressed blobs exactly as for
+uploads (see ``raymail.skeleton``), so a parsed message and a composed one look
+the same to the API, and the original bytes are rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from email.utils import getaddresses, parseaddr
+
+from gateway.services import Services
+from raymail import addresses, attachments, compose, skeleton
+from raymail.model import Address, AttachmentRef, EmailMeta
+
+
+@dataclass(frozen=True)
+class Stored:
+    blob: str
+    size: int
+    refs: tuple[AttachmentRef, ...]
+    parsed: compose.Parsed
+
+
+def _store_sync(svc: Services, raw: bytes) -> Stored:
+    segments, found = skeleton.extract(raw)
+    refs = []
+    it = iter(found)
+    out: list[skeleton.Segment] = []
+    for seg in segments:
+        if isinstance(seg, bytes):
+            out.append(seg)
+            continue
+        part = next(it)
+        key = svc.blobs.put("att", part.data)
+        sha = key.rsplit("/", 1)[1]
+        try:
+            ctype = attachments.normalize_content_type(part.content_type)
+        except attachments.AttachmentError:
+            ctype = "application/octet-stream"
+        refs.append(AttachmentRef(id=uuid.uuid4().hex, sha256=sha, size=len(part.data), content_type=ctype,
+                                  filename=attachments.sanitize_filename(part.filename), blob=key))
+        out.append(skeleton.BlobRef(key, len(part.data)))
+    stored = skeleton.pack(out) if refs else raw
+    blob = svc.blobs.put("msg", stored)
+    parsed = compose.parse(skeleton.text_view(out) if refs else raw)
+    return Stored(blob=blob, size=len(raw), refs=tuple(refs), parsed=parsed)
+
+
+async def store_raw(svc: Services, raw: bytes) -> Stored:
+    return await asyncio.to_thread(_store_sync, svc, raw)
+
+
+def _addr(value: str) -> Address:
+    name, email = parseaddr(value)
+    return Address(email=email, name=name)
+
+
+def meta_for(stored: Stored, uid: str, folder: str, unread: bool, received_s: float | None = None) -> EmailMeta:
+    """The mailbox entry for a stored message; header values are read defensively."""
+    headers = {}
+    for k, v in stored.parsed.headers:
+        headers.setdefault(k.lower(), v)
+    to = tuple(Address(email=e, name=n) for n, e in getaddresses([headers.get("to", "")]) if e)
+    cc = tuple(Address(email=e, name=n) for n, e in getaddresses([headers.get("cc", "")]) if e)
+    subject = stored.parsed.subject
+    if addresses.has_line_break(subject):
+        subject = " ".join(subject.split())
+    return EmailMeta(
+        id=uuid.uuid4().hex, uid=uid, message_id=headers.get("message-id", "").strip()[:998], folder=folder,
+        sender=_addr(headers.get("from", "")), to=to, cc=cc, bcc=(), subject=subject[:998],
+        snippet=compose.snippet_of(stored.parsed.text), date=received_s or time.time(), size=stored.size,
+        unread=unread, has_attachments=bool(stored.refs or stored.parsed.attachments), blob=stored.blob,
+        attachments=stored.refs,
+    )
