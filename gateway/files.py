@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 WRITE_BUFFER_BYTES = 1024 * 1024  # chunks are gathered to this size before each storage write
 READ_CHUNK_BYTES = 1024 * 1024
+WRITE_QUEUE = 4
 
 
 class RangeNotSatisfiable(ApiError):
@@ -94,9 +95,25 @@ class FilesApi:
             upload: Upload = await asyncio.to_thread(blobs.upload, "att")
         except StorageError as exc:
             raise Unavailable(f"attachment storage is unavailable; retry later ({exc})") from exc
+        # A pipeline: while one buffer is written (and hashed) in worker threads,
+        # the next is being received. At most WRITE_QUEUE buffers wait: bounded memory.
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=WRITE_QUEUE)
+
+        async def writer() -> None:
+            while (data := await queue.get()) is not None:
+                await asyncio.to_thread(upload.store_bytes, data)
+
+        writing = asyncio.ensure_future(writer())
         pending: list[bytes] = []
         pending_bytes = 0
         total = 0
+
+        async def hand_over(data: bytes) -> None:
+            if writing.done():
+                writing.result()  # raises the writer's StorageError
+            await asyncio.to_thread(upload.digest, data)
+            await queue.put(data)
+
         try:
             async for chunk in body:
                 total += len(chunk)
@@ -106,17 +123,21 @@ class FilesApi:
                 pending_bytes += len(chunk)
                 if pending_bytes >= WRITE_BUFFER_BYTES:
                     data, pending, pending_bytes = b"".join(pending), [], 0
-                    await asyncio.to_thread(upload.write, data)
+                    await hand_over(data)
             if total == 0:
                 raise Unprocessable("the upload is empty", code="empty_upload")
             if pending:
-                await asyncio.to_thread(upload.write, b"".join(pending))
+                await hand_over(b"".join(pending))
+            await queue.put(None)
+            await writing
             key, sha, size = await asyncio.to_thread(upload.commit)
         except StorageError as exc:
+            writing.cancel()
             await asyncio.to_thread(upload.abort)
             log.error("attachment upload failed: %s", exc)
             raise Unavailable("attachment storage failed during the upload; nothing was kept, retry") from exc
         except BaseException:
+            writing.cancel()
             await asyncio.to_thread(upload.abort)
             raise
         return AttachmentRef(id=uuid.uuid4().hex, sha256=sha, size=size, content_type=content_type,

@@ -67,10 +67,21 @@ class Upload:
             raise StorageError(f"storage is unavailable: {exc}") from exc
 
     def write(self, data: bytes) -> None:
+        self.digest(data)
+        self.store_bytes(data)
+
+    def digest(self, data: bytes) -> None:
+        """Hash ``data`` (the next bytes of the blob); may run beside ``store_bytes``."""
         self.sha.update(data)
         self.size += len(data)
+
+    def store_bytes(self, data: bytes) -> None:
+        """Write ``data``; calls must come in order, one at a time."""
         try:
-            self._fh.write(data)
+            view = memoryview(data)
+            while view:
+                written = self._fh.write(view)
+                view = view[written if written is not None else len(view) :]
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise StorageError(f"storage failed during the upload: {exc}") from exc
