@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from actors.catalog import apply_and_collect
 from raymail import codec
 from raymail.config import Config
 from raymail.errors import StorageError
@@ -18,6 +19,7 @@ from raymail.store.log import DurableLog
 log = logging.getLogger(__name__)
 
 _GATEWAY_LOOKUP_EVERY_S = 1.0
+CATALOG_NAME = "catalog"
 
 
 class MailboxShard:
@@ -43,6 +45,8 @@ class MailboxShard:
         self._namespace = namespace
         self._gateways: dict[str, Any] = {}
         self._gateways_checked_s = 0.0
+        self._catalog: Any | None = None
+        self._catalog_checked_s = 0.0
         self._snapshotting = False
         started = time.perf_counter()
         self.log = DurableLog(config.data_path / "mailboxes" / f"shard-{index:03d}")
@@ -71,7 +75,7 @@ class MailboxShard:
         op changes state the received bytes are logged as they are.
         """
         ops = codec.decode(encoded_ops)
-        results = [self.state.apply(op) for op in ops]
+        results, catalog_rows = apply_and_collect(self.state, ops)
         changed = [op for op, res in zip(ops, results, strict=True) if res.event is not None or res.changed]
         # Apply and enqueue with no await in between: the log order is the apply order.
         try:
@@ -87,6 +91,7 @@ class MailboxShard:
         events = [(op.uid, res.event) for op, res in zip(ops, results, strict=True) if res.event is not None]
         if events:
             self._push(events)
+        self._to_catalog(catalog_rows)
         if self.log.bytes_since_snapshot > self.config.mailbox.snapshot_every_bytes and not self._snapshotting:
             asyncio.ensure_future(self._snapshot())
         return codec.encode(results)
@@ -107,6 +112,31 @@ class MailboxShard:
         return {"bytes_since_snapshot": self.log.bytes_since_snapshot}
 
     # -- pushes ------------------------------------------------------------
+    def _to_catalog(self, rows: dict[str, list[dict]]) -> None:
+        """Tell the storage catalog about uploads and attachment references, after commit."""
+        if not any(rows.values()):
+            return
+        catalog = self._catalog_handle()
+        if catalog is None:
+            return
+        try:
+            for table, table_rows in rows.items():
+                if table_rows:
+                    catalog.add.remote(table, table_rows)
+        except Exception:  # noqa: BLE001 - the catalog is derived data; mail goes on
+            log.warning("catalog update failed", exc_info=True)
+
+    def _catalog_handle(self) -> Any | None:
+        if self._catalog is None and time.monotonic() - self._catalog_checked_s > _GATEWAY_LOOKUP_EVERY_S:
+            import ray
+
+            self._catalog_checked_s = time.monotonic()
+            try:
+                self._catalog = ray.get_actor(CATALOG_NAME, namespace=self._namespace)
+            except ValueError:
+                pass
+        return self._catalog
+
     def _gateway_handles(self) -> list[Any]:
         now = time.monotonic()
         if len(self._gateways) < len(self._gateway_names) and now - self._gateways_checked_s > _GATEWAY_LOOKUP_EVERY_S:

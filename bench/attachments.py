@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import ray
-
 from common import make_users, progress, start
 from ws_idle import rss_kib
 

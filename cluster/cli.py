@@ -1,4 +1,4 @@
-"""The ``raymail`` command: ``up``, ``user add``, ``domain add``."""
+"""The ``raymail`` command: ``up``, ``user add``, ``domain add``, ``storage stats|gc``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import threading
 
 from raymail import config as config_mod
-from raymail.errors import ConfigError
+from raymail.errors import ConfigError, RaymailError
 from raymail.store.directory import Directory, DirectoryError
 
 
@@ -84,6 +84,57 @@ def cmd_domain_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_stats(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from pipelines.catalog import format_stats, storage_stats
+
+    try:
+        stats = storage_stats(cfg)
+    except RaymailError as exc:
+        print(f"raymail: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(stats) if args.json else format_stats(stats))
+    return 0
+
+
+def cmd_storage_gc(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    import ray
+
+    from pipelines.gc import collect, referenced_keys
+    from raymail.store.blobs import BlobStore
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
+
+    if args.grace_s < 0:
+        print(f"raymail: --grace-s must not be negative, got {args.grace_s}", file=sys.stderr)
+        return 2
+    try:
+        ray.init(address=cfg.cluster.address or "auto", namespace=cfg.cluster.namespace,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError) as exc:
+        print(f"raymail: cannot join the Ray cluster: {exc}", file=sys.stderr)
+        return 1
+    try:
+        store = BlobStore(cfg.storage_url, cfg.storage.options)
+        # References first, listing second: whatever is written in between is
+        # younger than the listing and kept by the grace period.
+        referenced = referenced_keys(cfg.cluster.namespace, cfg.cluster.shards)
+        progress(f"gc: {len(referenced)} referenced blobs in {cfg.cluster.shards} shards")
+        summary = collect(
+            store, referenced, args.grace_s, dry_run=args.dry_run, progress=progress,
+            recheck=lambda: referenced_keys(cfg.cluster.namespace, cfg.cluster.shards),
+        )
+    except RaymailError as exc:
+        print(f"raymail: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ray.shutdown()
+    print(json.dumps({**summary, "referenced": len(referenced)}))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raymail", description="An email platform on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,6 +167,20 @@ def parser() -> argparse.ArgumentParser:
     dl = domain.add_parser("list", help="list local domains")
     common(dl)
     dl.set_defaults(func=cmd_domain_list)
+
+    storage = sub.add_parser("storage", help="blob storage: statistics, garbage collection").add_subparsers(
+        dest="action", required=True)
+    st = storage.add_parser("stats", help="attachment storage statistics from the catalog")
+    common(st)
+    st.add_argument("--json", action="store_true", help="print JSON instead of a report")
+    st.set_defaults(func=cmd_storage_stats)
+    gc = storage.add_parser("gc", help="delete blobs no mailbox references (joins the running cluster)")
+    common(gc)
+    gc.add_argument("--grace-s", type=float, default=86400.0,
+                    help="keep unreferenced objects younger than this (default: one day)")
+    gc.add_argument("--dry-run", action="store_true", help="report what would be deleted; delete nothing")
+    gc.add_argument("--address", help="Ray address of the running cluster (default: [cluster] address or 'auto')")
+    gc.set_defaults(func=cmd_storage_gc)
     return p
 
 

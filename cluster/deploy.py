@@ -10,7 +10,8 @@ from typing import Any
 
 import ray
 
-from actors.mailbox_shard import MailboxShard
+from actors.catalog import CatalogWriter
+from actors.mailbox_shard import CATALOG_NAME, MailboxShard
 from gateway.server import Gateway
 from raymail.config import Config
 
@@ -66,6 +67,7 @@ class Deployment:
     config: Config
     shards: list[Any] = field(default_factory=list)
     gateways: list[Any] = field(default_factory=list)
+    catalog: Any = None
     port: int = 0
 
     def start(self) -> Deployment:
@@ -73,6 +75,9 @@ class Deployment:
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         names = [gateway_name(i) for i in range(cfg.gateway.processes)]
+        # The storage catalog first: shards look it up by name when they commit.
+        self.catalog = ray.remote(CatalogWriter).options(**_options(cfg, CATALOG_NAME)).remote(cfg)
+        ray.get(self.catalog.ready.remote())
         shard_cls = ray.remote(MailboxShard)
         self.shards = [
             shard_cls.options(**_options(cfg, shard_name(i))).remote(cfg, i, names, cfg.cluster.namespace)
@@ -102,11 +107,13 @@ class Deployment:
         try:
             ray.get([g.stop.remote() for g in self.gateways], timeout=15)
             ray.get([s.flush.remote() for s in self.shards], timeout=15)
+            if self.catalog is not None:
+                ray.get(self.catalog.close.remote(), timeout=15)
         except Exception:  # noqa: BLE001 - stopping must go on
             log.warning("some actors did not stop cleanly", exc_info=True)
-        for actor in self.gateways + self.shards:
+        for actor in self.gateways + self.shards + ([self.catalog] if self.catalog is not None else []):
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001
                 pass
-        self.gateways, self.shards = [], []
+        self.gateways, self.shards, self.catalog = [], [], None

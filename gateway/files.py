@@ -99,9 +99,19 @@ class FilesApi:
         # the next is being received. At most WRITE_QUEUE buffers wait: bounded memory.
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=WRITE_QUEUE)
 
+        failed: list[StorageError] = []
+
         async def writer() -> None:
+            # Keeps taking buffers after a failure (dropping them), so a receive
+            # blocked on a full queue is never stranded.
             while (data := await queue.get()) is not None:
-                await asyncio.to_thread(upload.store_bytes, data)
+                if not failed:
+                    try:
+                        await asyncio.to_thread(upload.store_bytes, data)
+                    except StorageError as exc:
+                        failed.append(exc)
+            if failed:
+                raise failed[0]
 
         writing = asyncio.ensure_future(writer())
         pending: list[bytes] = []
@@ -109,8 +119,8 @@ class FilesApi:
         total = 0
 
         async def hand_over(data: bytes) -> None:
-            if writing.done():
-                writing.result()  # raises the writer's StorageError
+            if failed:
+                raise failed[0]
             await asyncio.to_thread(upload.digest, data)
             await queue.put(data)
 
@@ -135,6 +145,15 @@ class FilesApi:
             writing.cancel()
             await asyncio.to_thread(upload.abort)
             log.error("attachment upload failed: %s", exc)
+            # Read (and drop) the rest of the body, within the limit, so the client
+            # gets the 503 instead of a connection closed under its upload.
+            try:
+                async for chunk in body:
+                    total += len(chunk)
+                    if total > self.limit_bytes:
+                        break
+            except Exception:  # noqa: BLE001 - the client may be gone; the 503 stands
+                pass
             raise Unavailable("attachment storage failed during the upload; nothing was kept, retry") from exc
         except BaseException:
             writing.cancel()

@@ -35,7 +35,9 @@ def sanitize_filename(name: str | None) -> str:
         if ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
             continue
         cleaned.append(ch)
-    text = "".join(cleaned).strip().lstrip(".").strip()
+    # NFC again: removing a format character can leave a decomposable sequence.
+    text = unicodedata.normalize("NFC", "".join(cleaned))
+    text = re.sub(r"^[\s.]+", "", text).strip()  # no leading dots, even behind spaces
     text = re.sub(r"\s+", " ", text)
     if not text or text in (".", ".."):
         return DEFAULT_FILENAME
@@ -62,7 +64,7 @@ def normalize_content_type(value: str | None) -> str:
 
 def content_disposition(filename: str) -> str:
     """``attachment`` with an ASCII fallback and the RFC 6266 / RFC 5987 UTF-8 form."""
-    ascii_name = filename.encode("ascii", "ignore").decode().replace('"', "").replace("\\", "") or DEFAULT_FILENAME
+    ascii_name = "".join(c for c in filename if " " <= c <= "~" and c not in '"\\') or DEFAULT_FILENAME
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 

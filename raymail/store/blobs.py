@@ -98,6 +98,7 @@ class Upload:
                 self._fh.close()
                 if os.path.exists(final):
                     os.unlink(self.tmp)  # deduplicated: the same bytes are already stored
+                    os.utime(final)  # fresh again: garbage collection's grace period restarts
                 else:
                     Path(final).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(self.tmp, final)
@@ -118,8 +119,11 @@ class Upload:
             if not self._fh.closed:
                 if self.store.local:
                     self._fh.close()
+                elif hasattr(self._fh, "discard"):
+                    self._fh.discard()
+                    self._fh.closed = True  # nothing left to flush when it is collected
                 else:
-                    self._fh.discard() if hasattr(self._fh, "discard") else self._fh.close()
+                    self._fh.close()
         except Exception:  # noqa: BLE001 - best effort; GC removes what is left in tmp/
             pass
         try:
@@ -130,11 +134,19 @@ class Upload:
 
 class BlobStore:
     def __init__(self, url: str, options: dict | None = None) -> None:
+        options = dict(options or {})
+        if url.startswith(("s3://", "s3a://")):
+            # Fail over to a 503 in seconds when the object store is down, rather than
+            # retrying for half a minute while a client waits; clients retry.
+            options.setdefault("config_kwargs", {"connect_timeout": 5, "read_timeout": 60,
+                                                 "retries": {"max_attempts": 2, "mode": "standard"}})
         try:
-            self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+            self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
             raise StorageError(f"[storage] cannot open {url!r}: {exc}") from exc
         self.root = root.rstrip("/")
+        if hasattr(self.fs, "retries"):
+            self.fs.retries = 3  # s3fs's own retry loop, on top of botocore's
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
@@ -162,7 +174,12 @@ class BlobStore:
         return keys
 
     def _put_local(self, items: list[tuple[Path, bytes]]) -> None:
-        fresh = [(p, d) for p, d in items if not p.exists()]
+        fresh = []
+        for p, d in items:
+            if p.exists():
+                os.utime(p)  # reused: garbage collection's grace period restarts
+            else:
+                fresh.append((p, d))
         if not fresh:
             return
         # With syncfs, one filesystem flush makes the whole batch durable (one journal
@@ -229,13 +246,20 @@ class BlobStore:
             raise StorageError(f"could not read blob {key}: {exc}") from exc
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start`` (fewer at the end of the blob)."""
+        """``length`` bytes from ``start`` (fewer at the end of the blob, none past it)."""
+        if length <= 0:
+            return b""
         try:
             if self.local:
                 with open(self._path(key), "rb") as fh:
                     fh.seek(start)
                     return fh.read(length)
-            return self.fs.cat_file(self._path(key), start=start, end=start + length)
+            try:
+                return self.fs.cat_file(self._path(key), start=start, end=start + length)
+            except OSError as exc:
+                if "InvalidRange" in str(exc) or "not satisfiable" in str(exc) or "416" in str(exc):
+                    return b""  # at or past the end, as a file read would say
+                raise
         except FileNotFoundError as exc:
             raise BlobMissing(f"blob {key} is missing from storage") from exc
         except Exception as exc:  # noqa: BLE001
@@ -263,11 +287,12 @@ class BlobStore:
         out = []
         for path, info in found.items():
             key = path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
-            out.append((key, int(info.get("size") or 0), _mtime(info)))
+            out.append((key, int(info.get("size") or 0), mtime_of(info)))
         return out
 
 
-def _mtime(info: dict) -> float:
+def mtime_of(info: dict) -> float:
+    """The modification time in an fsspec ``info`` dict, whatever the backend calls it."""
     for name in ("mtime", "LastModified", "last_modified", "created"):
         value = info.get(name)
         if value is None:

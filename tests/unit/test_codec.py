@@ -8,7 +8,18 @@ import msgpack
 import pytest
 
 from raymail import codec
-from raymail.model import AddUpload, Address, AttachmentRef, Delete, Deliver, EmailMeta, Event, OpResult, Update, User
+from raymail.model import (
+    Address,
+    AddUpload,
+    AttachmentRef,
+    Delete,
+    Deliver,
+    EmailMeta,
+    Event,
+    OpResult,
+    Update,
+    User,
+)
 
 ATT = AttachmentRef(id="a1", sha256="ab" * 32, size=3, content_type="text/plain", filename="näme.txt", blob="att/ab/" + "ab" * 32)
 

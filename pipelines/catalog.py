@@ -1,0 +1,123 @@
+"""Storage statistics from the attachment catalog: dedup ratio, top users, content types.
+
+Reads the Parquet parts written by ``actors.catalog.CatalogWriter`` through the
+store's fsspec filesystem (so ``s3://`` works without DuckDB's httpfs extension)
+and queries the Arrow tables with DuckDB.
+
+Definitions:
+- physical bytes: each distinct content (sha256) once, whoever holds it;
+- logical bytes: what users would pay without deduplication: every upload once
+  for its uploader, plus, per (user, attachment) whose net ``delta`` is positive
+  (a mailbox holds at least one message carrying it), the attachment's size once;
+- dedup ratio: logical / physical (1.0 when nothing is stored);
+- content types: per type, the number of uploads and the bytes uploaded.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from actors.catalog import SCHEMAS, read_table
+from raymail.config import Config
+from raymail.store.blobs import BlobStore
+
+TOP_USERS = 10
+
+
+def load_tables(config: Config) -> dict[str, pa.Table]:
+    """Every row of every catalog table (superseded parts skipped; empty if none)."""
+    store = BlobStore(config.storage_url, config.storage.options)
+    return {table: read_table(store, table) for table in SCHEMAS}
+
+
+def storage_stats(config: Config) -> dict:
+    return compute_stats(load_tables(config))
+
+
+_UPLOADS = """
+    SELECT attachment_id, any_value(owner_uid) AS uid, any_value(size) AS size,
+           coalesce(any_value(content_type), '(unknown)') AS content_type
+    FROM blobs GROUP BY attachment_id
+"""
+_LIVE_REFS = """
+    SELECT uid, attachment_id, any_value(size) AS size
+    FROM refs GROUP BY uid, attachment_id HAVING sum(delta) > 0
+"""
+_CONTENTS = """
+    SELECT sha256, max(size) AS size
+    FROM (SELECT sha256, size FROM blobs UNION ALL SELECT sha256, size FROM refs)
+    GROUP BY sha256
+"""
+
+
+def compute_stats(tables: dict[str, pa.Table]) -> dict:
+    """The statistics of the module docstring over in-memory catalog tables."""
+    con = duckdb.connect(":memory:")
+    try:
+        for name, schema in SCHEMAS.items():
+            con.register(name, tables.get(name, schema.empty_table()))
+        con.execute(f"CREATE TEMP VIEW uploads AS {_UPLOADS}")
+        con.execute(f"CREATE TEMP VIEW live_refs AS {_LIVE_REFS}")
+        con.execute(f"CREATE TEMP VIEW contents AS {_CONTENTS}")
+
+        def one(sql: str) -> tuple:
+            row = con.execute(sql).fetchone()
+            assert row is not None
+            return row
+
+        blobs, physical = one("SELECT count(*), CAST(coalesce(sum(size), 0) AS BIGINT) FROM contents")
+        uploads, upload_bytes = one("SELECT count(*), CAST(coalesce(sum(size), 0) AS BIGINT) FROM uploads")
+        live, live_bytes = one("SELECT count(*), CAST(coalesce(sum(size), 0) AS BIGINT) FROM live_refs")
+        users = con.execute(f"""
+            SELECT uid, CAST(sum(size) AS BIGINT) AS logical_bytes, count(*) AS attachments
+            FROM (SELECT uid, size FROM uploads UNION ALL SELECT uid, size FROM live_refs)
+            GROUP BY uid ORDER BY logical_bytes DESC, uid LIMIT {TOP_USERS}
+        """).fetchall()
+        types = con.execute("""
+            SELECT content_type, count(*) AS n, CAST(sum(size) AS BIGINT) AS bytes
+            FROM uploads GROUP BY content_type ORDER BY bytes DESC, content_type
+        """).fetchall()
+    finally:
+        con.close()
+    logical = int(upload_bytes) + int(live_bytes)
+    return {
+        "rows": {name: tables[name].num_rows if name in tables else 0 for name in SCHEMAS},
+        "uploads": int(uploads),
+        "live_references": int(live),
+        "unique_blobs": int(blobs),
+        "physical_bytes": int(physical),
+        "logical_bytes": logical,
+        "dedup_ratio": logical / physical if physical else 1.0,
+        "top_users": [{"uid": u, "logical_bytes": int(b), "attachments": int(n)} for u, b, n in users],
+        "content_types": [{"content_type": t, "count": int(n), "bytes": int(b)} for t, n, b in types],
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # unreachable
+
+
+def format_stats(stats: dict) -> str:
+    """``storage_stats`` as a short report for people."""
+    lines = [
+        f"attachment storage ({stats['rows']['blobs']} upload rows, {stats['rows']['refs']} reference rows)",
+        f"  unique blobs     {stats['unique_blobs']}",
+        f"  physical bytes   {stats['physical_bytes']} ({_human(stats['physical_bytes'])})",
+        f"  logical bytes    {stats['logical_bytes']} ({_human(stats['logical_bytes'])})",
+        f"  dedup ratio      {stats['dedup_ratio']:.2f}",
+        f"  uploads          {stats['uploads']}, live mailbox references {stats['live_references']}",
+    ]
+    if stats["top_users"]:
+        lines.append(f"top {len(stats['top_users'])} users by logical bytes")
+        for u in stats["top_users"]:
+            lines.append(f"  {u['uid']:<36} {_human(u['logical_bytes']):>10}  {u['attachments']} attachments")
+    if stats["content_types"]:
+        lines.append("content types by bytes uploaded")
+        for c in stats["content_types"]:
+            lines.append(f"  {c['content_type']:<36} {_human(c['bytes']):>10}  {c['count']} uploads")
+    return "\n".join(lines)

@@ -1,0 +1,490 @@
+"""raymail/store/blobs.py: streamed uploads, ranges, sizes, deletes and listings.
+
+Every blob test runs against ``file://`` in tmp_path and against ``s3://`` served by
+a local ``moto_server`` (started once for the module).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from raymail.errors import StorageError
+from raymail.store.blobs import UPLOAD_PART_BYTES, BlobMissing, BlobStore, Upload, blob_key
+
+BUCKET = "raymail-test"
+
+# An aborted s3 upload is noisy when garbage collected (the xfail test below is about
+# that bug); keep the noise out of the other tests' reports.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <function AbstractBufferedFile.__del__:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered, with an error status: good enough
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"moto_server did not answer on {url} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    exe = Path(sys.executable).with_name("moto_server")
+    assert exe.exists(), f"{exe} is missing: install moto[server]"
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_http(endpoint + "/", proc)
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        import s3fs
+
+        s3fs.S3FileSystem(**options).mkdir(BUCKET)
+        yield options
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(params=["file", "s3"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(backend: str, tmp_path: Path, request) -> BlobStore:
+    if backend == "file":
+        return BlobStore((tmp_path / "blobs").as_uri())
+    options = request.getfixturevalue("s3_options")
+    return BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", options)
+
+
+def s3_bug(reason: str):
+    """The s3 case of a test that fails there because of a bug."""
+    return "s3"  # fixed since: the reason stays as the record of what the test guards
+
+
+def data_of(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed * 10_007 + n).randbytes(n)
+
+
+def keys(store: BlobStore, prefix: str) -> list[str]:
+    return sorted(k for k, _, _ in store.list(prefix))
+
+
+def stream(store: BlobStore, chunks: list[bytes], kind: str = "att") -> tuple[str, str, int]:
+    up = store.upload(kind)
+    for chunk in chunks:
+        up.write(chunk)
+    return up.commit()
+
+
+def pending_multipart_uploads(options: dict) -> list:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id=options["key"],
+                          aws_secret_access_key=options["secret"], region_name="us-east-1")
+    return client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+
+
+# -- Upload: write / commit ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"hello ", b"world"],
+        [b"one chunk"],
+        [b""],
+        [],
+        [b"", b"a", b"", b"b"],
+        [data_of(10_000, i) for i in range(10)],
+        [bytes(range(256))] * 3,
+    ],
+    ids=["two", "one", "empty-chunk", "no-writes", "with-empties", "100k", "all-bytes"],
+)
+def test_upload_commit_is_content_addressed(store: BlobStore, chunks):
+    data = b"".join(chunks)
+    sha = hashlib.sha256(data).hexdigest()
+    key, got_sha, size = stream(store, chunks)
+    assert (key, got_sha, size) == (blob_key("att", sha), sha, len(data))
+    assert store.exists(key)
+    assert store.get(key) == data
+    assert store.size(key) == len(data)
+    assert keys(store, "att") == [key]
+    assert keys(store, "tmp") == []
+
+
+def test_upload_kind_is_the_key_prefix(store: BlobStore):
+    key, sha, _ = stream(store, [b"x"], kind="msg")
+    assert key == f"msg/{sha[:2]}/{sha}"
+    assert keys(store, "msg") == [key] and keys(store, "att") == []
+
+
+def test_upload_is_invisible_until_commit(store: BlobStore):
+    data = b"not yet"
+    key = blob_key("att", hashlib.sha256(data).hexdigest())
+    up = store.upload("att")
+    up.write(data)
+    assert not store.exists(key)
+    assert keys(store, "att") == []
+    assert up.commit()[0] == key
+    assert store.exists(key)
+
+
+def test_upload_the_same_bytes_as_put_is_deduplicated(store: BlobStore):
+    data = data_of(5000)
+    key = store.put("att", data)
+    before = store.list("att")
+    inode = os.stat(store._path(key)).st_ino if store.local else None
+    if not store.local:
+        time.sleep(1.1)  # an overwrite would show a newer LastModified, even at one-second resolution
+    assert stream(store, [data[:100], data[100:]])[0] == key
+    assert stream(store, [data])[0] == key
+    after = store.list("att")
+    assert [(k, size) for k, size, _ in after] == [(k, size) for k, size, _ in before]
+    if store.local:
+        # Reuse refreshes the mtime: garbage collection's grace period starts again.
+        assert after[0][2] >= before[0][2]
+    else:
+        assert after == before  # no second PUT
+    assert keys(store, "tmp") == []
+    assert store.get(key) == data
+    if inode is not None:
+        assert os.stat(store._path(key)).st_ino == inode
+
+
+def test_two_concurrent_uploads_of_the_same_bytes(store: BlobStore):
+    first, second = store.upload("att"), store.upload("att")
+    for up in (first, second):
+        up.write(b"same")
+    assert first.commit() == second.commit()
+    assert len(keys(store, "att")) == 1
+    assert keys(store, "tmp") == []
+
+
+def test_large_upload_spanning_several_parts(store: BlobStore):
+    piece = data_of(1024 * 1024)
+    chunks = [piece] * (UPLOAD_PART_BYTES // len(piece)) + [b"tail" * 1000]
+    data = b"".join(chunks)
+    assert len(data) > UPLOAD_PART_BYTES
+    key, sha, size = stream(store, chunks)
+    assert sha == hashlib.sha256(data).hexdigest() and size == len(data)
+    assert store.size(key) == len(data)
+    assert store.read_range(key, UPLOAD_PART_BYTES - 10, 20) == data[UPLOAD_PART_BYTES - 10 : UPLOAD_PART_BYTES + 10]
+    assert hashlib.sha256(store.get(key)).hexdigest() == sha
+    assert keys(store, "tmp") == []
+
+
+# -- Upload: abort ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [[], [b"partial data"], [data_of(UPLOAD_PART_BYTES + 1)]],
+    ids=["nothing-written", "small", "past-one-part"],
+)
+def test_abort_leaves_nothing(store: BlobStore, backend: str, request, chunks):
+    up = store.upload("att")
+    for chunk in chunks:
+        up.write(chunk)
+    up.abort()
+    assert keys(store, "tmp") == []
+    assert keys(store, "att") == []
+    assert keys(store, "") == []
+    key = blob_key("att", hashlib.sha256(b"".join(chunks)).hexdigest())
+    assert not store.exists(key)
+    if backend == "s3":
+        assert pending_multipart_uploads(request.getfixturevalue("s3_options")) == []
+
+
+def test_abort_twice_is_harmless(store: BlobStore):
+    up = store.upload("att")
+    up.write(b"x")
+    up.abort()
+    up.abort()
+    assert keys(store, "") == []
+
+
+def test_abort_after_commit_keeps_the_blob(store: BlobStore):
+    up = store.upload("att")
+    up.write(b"kept")
+    key, _, _ = up.commit()
+    up.abort()
+    assert store.get(key) == b"kept"
+    assert keys(store, "") == [key]
+
+
+@pytest.mark.parametrize("then", ["write", "commit"])
+def test_using_an_aborted_upload_raises_storage_error(store: BlobStore, then):
+    up = store.upload("att")
+    up.write(b"x")
+    up.abort()
+    with pytest.raises(StorageError):
+        up.write(b"more") if then == "write" else up.commit()
+    assert keys(store, "") == []
+
+
+def test_commit_twice_keeps_the_blob(store: BlobStore):
+    up = store.upload("att")
+    up.write(b"once")
+    first = up.commit()
+    try:
+        again = up.commit()
+    except StorageError:
+        again = first  # the file backend refuses: its file is closed
+    assert again == first
+    assert store.get(first[0]) == b"once"
+    assert keys(store, "") == [first[0]]
+
+
+@pytest.mark.parametrize("backend", ["file", s3_bug(
+    "BUG raymail/store/blobs.py:122 abort() discards the s3fs file but leaves it open; when it is garbage "
+    "collected, its close() flushes the discarded buffer and raises AttributeError (unraisable)"
+)])
+def test_an_aborted_upload_is_garbage_collected_quietly(store: BlobStore):
+    seen = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        up = store.upload("att")
+        up.write(b"abandoned")
+        up.abort()
+        del up
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert [repr(u.exc_value) for u in seen] == []
+
+
+# -- read_range / size / get -------------------------------------------------------
+
+BLOB = bytes(range(256)) * 4 + b"end"  # 1027 bytes
+
+
+@pytest.mark.parametrize(
+    "start, length, expected",
+    [
+        (0, 1, BLOB[:1]),
+        (0, 5, BLOB[:5]),
+        (10, 100, BLOB[10:110]),
+        (0, len(BLOB), BLOB),
+        (0, 10**9, BLOB),
+        (len(BLOB) - 1, 1, b"d"),
+        (len(BLOB) - 3, 10, b"end"),
+        (1000, 27, BLOB[1000:]),
+    ],
+)
+def test_read_range(store: BlobStore, start, length, expected):
+    key = store.put("att", BLOB)
+    assert store.read_range(key, start, length) == expected
+
+
+def test_read_range_in_chunks_reassembles_the_blob(store: BlobStore):
+    data = data_of(10_000)
+    key, _, _ = stream(store, [data])
+    parts, pos = [], 0
+    while chunk := store.read_range(key, pos, 999):
+        parts.append(chunk)
+        pos += len(chunk)
+        if pos >= len(data):
+            break
+    assert b"".join(parts) == data
+
+
+@pytest.mark.parametrize("backend", ["file", s3_bug(
+    "BUG raymail/store/blobs.py:238 on s3 a read starting at or past the end raises StorageError "
+    "(HTTP 416) instead of returning b'' like the file backend; iter_raw then fails with StorageError, not EOFError"
+)])
+@pytest.mark.parametrize("start", [len(BLOB), len(BLOB) + 100])
+def test_read_range_past_the_end_is_empty(store: BlobStore, start):
+    key = store.put("att", BLOB)
+    assert store.read_range(key, start, 10) == b""
+
+
+@pytest.mark.parametrize("backend", ["file", s3_bug(
+    "BUG raymail/store/blobs.py:238 on s3 length 0 becomes the invalid range 'bytes=N-(N-1)', "
+    "which S3 ignores: the whole blob comes back instead of b''"
+)])
+@pytest.mark.parametrize("start", [0, 5])
+def test_read_range_of_zero_bytes_is_empty(store: BlobStore, start):
+    key = store.put("att", BLOB)
+    assert store.read_range(key, start, 0) == b""
+
+
+MISSING = blob_key("att", "0" * 64)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.get(MISSING),
+        lambda s: s.size(MISSING),
+        lambda s: s.read_range(MISSING, 0, 10),
+    ],
+    ids=["get", "size", "read_range"],
+)
+def test_missing_blob_raises_blob_missing(store: BlobStore, call):
+    with pytest.raises(BlobMissing, match="missing"):
+        call(store)
+    assert issubclass(BlobMissing, StorageError)
+
+
+@pytest.mark.parametrize("n", [0, 1, 57, 10_000])
+def test_size(store: BlobStore, n):
+    key, _, size = stream(store, [data_of(n)])
+    assert store.size(key) == size == n
+
+
+# -- delete ----------------------------------------------------------------------
+
+
+def test_delete(store: BlobStore):
+    keep = store.put("att", b"keep")
+    gone, _, _ = stream(store, [b"gone"])
+    store.delete(gone)
+    assert not store.exists(gone)
+    with pytest.raises(BlobMissing):
+        store.size(gone)
+    with pytest.raises(BlobMissing):
+        store.read_range(gone, 0, 1)
+    assert keys(store, "") == [keep]
+    assert store.get(keep) == b"keep"
+
+
+def test_delete_of_a_missing_blob_is_a_no_op(store: BlobStore):
+    store.delete(MISSING)
+    key = store.put("att", b"x")
+    store.delete(key)
+    store.delete(key)
+    assert keys(store, "") == []
+
+
+def test_a_deleted_blob_can_be_uploaded_again(store: BlobStore):
+    key, _, _ = stream(store, [b"again"])
+    store.delete(key)
+    assert stream(store, [b"again"])[0] == key
+    assert store.get(key) == b"again"
+
+
+# -- list ------------------------------------------------------------------------
+
+
+def test_list_returns_keys_sizes_and_mtimes(store: BlobStore):
+    before = time.time()
+    items = {b"a": "att", b"bb" * 50: "att", b"message": "msg", b"": "att"}
+    made = {}
+    for data, kind in items.items():
+        key = stream(store, [data], kind=kind)[0] if kind == "att" else store.put(kind, data)
+        made[key] = len(data)
+    after = time.time()
+
+    listed = store.list("")
+    assert sorted(k for k, _, _ in listed) == sorted(made)
+    for key, size, mtime in listed:
+        assert size == made[key]
+        assert isinstance(mtime, float)
+        assert before - 2 <= mtime <= after + 2, (key, mtime, before, after)
+    assert sorted(k for k, _, _ in store.list("att")) == sorted(k for k in made if k.startswith("att/"))
+    assert [k for k, _, _ in store.list("msg")] == [k for k in made if k.startswith("msg/")]
+    att_key = next(k for k in made if k.startswith("att/"))
+    shard = att_key.rsplit("/", 1)[0]
+    assert all(k.startswith(shard + "/") for k, _, _ in store.list(shard))
+    assert att_key in [k for k, _, _ in store.list(shard)]
+
+
+@pytest.mark.parametrize("prefix", ["nothing", "att", "att/00", "tmp", "a/b/c"])
+def test_list_of_an_empty_prefix(store: BlobStore, prefix):
+    assert store.list(prefix) == []
+
+
+def test_an_unfinished_upload_is_only_ever_under_tmp(store: BlobStore):
+    up: Upload = store.upload("att")
+    up.write(b"x" * 10)
+    during = store.list("")
+    assert all(k.startswith("tmp/") for k, _, _ in during), during
+    if store.local:  # the garbage collector finds stale ones by their mtime
+        assert [(size, mtime > time.time() - 60) for _, size, mtime in during] == [(10, True)]
+    up.abort()
+    assert store.list("") == []
+
+
+# -- an unreachable object store -------------------------------------------------
+
+
+@pytest.fixture
+def unreachable_options() -> dict:
+    return {
+        "endpoint_url": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "key": "testing",
+        "secret": "testing",
+        "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 1},
+    }
+
+
+def test_upload_to_an_unreachable_s3_raises_storage_error(unreachable_options):
+    import botocore.exceptions
+
+    store = BlobStore(f"s3://{BUCKET}/x", unreachable_options)
+    with pytest.raises(StorageError) as info:
+        up = store.upload("att")
+        up.write(b"some bytes")
+        up.commit()
+    assert type(info.value) is StorageError
+    assert not isinstance(info.value, botocore.exceptions.BotoCoreError)
+    assert "upload" in str(info.value) or "unavailable" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.put("att", b"x"),
+        lambda s: s.get(MISSING),
+        lambda s: s.size(MISSING),
+        lambda s: s.read_range(MISSING, 0, 1),
+        lambda s: s.list("att"),
+        lambda s: s.delete(MISSING),
+    ],
+    ids=["put", "get", "size", "read_range", "list", "delete"],
+)
+def test_other_calls_to_an_unreachable_s3_raise_storage_error(unreachable_options, call):
+    store = BlobStore(f"s3://{BUCKET}/x", unreachable_options)
+    with pytest.raises(StorageError) as info:
+        call(store)
+    assert not isinstance(info.value, BlobMissing)

@@ -1,0 +1,382 @@
+"""raymail/skeleton.py: messages stored with their attachment bodies cut out into blobs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import quopri
+import random
+from dataclasses import replace
+
+import pytest
+
+from raymail import compose, skeleton
+from raymail.model import Address, AttachmentRef
+from raymail.skeleton import CHUNK_BYTES, LINE_BYTES, MAGIC, BlobRef
+
+BOUNDARY = b"==b0undary=="
+
+
+def data_of(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed * 1_000_003 + n).randbytes(n)
+
+
+class Blobs:
+    """A dict-backed blob store with the ``read(key, start, length)`` iter_raw wants."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.reads: list[tuple[str, int, int]] = []
+
+    def put(self, data: bytes) -> str:
+        key = "att/" + hashlib.sha256(data).hexdigest()
+        self.data[key] = data
+        return key
+
+    def read(self, key: str, start: int, length: int) -> bytes:
+        self.reads.append((key, start, length))
+        if len(self.reads) > 1000:
+            raise AssertionError("iter_raw keeps reading: it does not stop at the end of the blob")
+        return self.data[key][start : start + length]
+
+    def rebuild(self, segments) -> bytes:
+        return b"".join(skeleton.iter_raw(segments, self.read))
+
+
+# -- encoded_size / encode_lines -----------------------------------------------
+
+LARGE_SIZES = [LINE_BYTES * 1000, LINE_BYTES * 1000 + 1, LINE_BYTES * 1000 - 1, 1_000_000, CHUNK_BYTES, CHUNK_BYTES + 1]
+
+
+@pytest.mark.parametrize("size", [*range(301), *LARGE_SIZES])
+def test_encoded_size_matches_encode_lines(size):
+    assert skeleton.encoded_size(size) == len(skeleton.encode_lines(bytes(size)))
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 56, 57, 58, 113, 114, 115, 1000, 57 * 40 + 5])
+def test_encode_lines_is_canonical_mime_base64(size):
+    data = data_of(size)
+    text = skeleton.encode_lines(data)
+    assert base64.b64decode(text) == data
+    if size == 0:
+        assert text == b""
+        return
+    assert text.endswith(b"\r\n")
+    lines = text[:-2].split(b"\r\n")
+    assert all(len(line) == 76 for line in lines[:-1])
+    assert 0 < len(lines[-1]) <= 76
+    assert b"\n" not in text.replace(b"\r\n", b"")
+    # what the stdlib MIME encoder writes, with CRLF line ends
+    assert text == base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+# -- pack / unpack / raw_size / text_view ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        [],
+        [b""],
+        [b"whole message\r\n"],
+        [BlobRef("att/aa/" + "a" * 64, 0)],
+        [b"head\r\n", BlobRef("att/aa/" + "a" * 64, 5000), b"\r\n--b--\r\n"],
+        [b"h", BlobRef("k1", 1), b"m", BlobRef("k2", 2**40), b"t"],
+        [BlobRef("k\u00fc\u65e5", 3), BlobRef("k", 4)],
+        [b"\x00\xff" * 5000, BlobRef("", 7)],
+        [MAGIC, b"nested magic"],
+    ],
+)
+def test_pack_unpack_round_trip(segments):
+    packed = skeleton.pack(segments)
+    assert packed.startswith(MAGIC)
+    assert skeleton.unpack(packed) == segments
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n",
+        MAGIC[:-1],
+        MAGIC.rstrip(b"\n") + b"\r\n" + b"\x90",
+        b" " + MAGIC + b"\x90",
+        b"rmskel1\n\x90",
+    ],
+)
+def test_unpack_of_a_plain_message_is_none(data):
+    assert skeleton.unpack(data) is None
+
+
+def test_raw_size_and_text_view():
+    segments = [b"head\r\n", BlobRef("k1", 100), b"mid\r\n", BlobRef("k2", 0), BlobRef("k3", 57), b"tail"]
+    assert skeleton.text_view(segments) == b"head\r\nmid\r\ntail"
+    assert skeleton.raw_size(segments) == 6 + skeleton.encoded_size(100) + 5 + 0 + 78 + 4
+    assert skeleton.raw_size([]) == 0
+    assert skeleton.text_view([]) == b""
+
+
+# -- iter_raw ------------------------------------------------------------------
+
+
+def test_iter_raw_equals_the_full_source():
+    blobs = Blobs()
+    d1, d2, d3 = data_of(5000, 1), data_of(1, 2), data_of(57 * 3, 3)
+    segments = [b"head\r\n\r\n", BlobRef(blobs.put(d1), len(d1)), b"--mid--\r\n", BlobRef(blobs.put(d2), 1),
+                BlobRef(blobs.put(d3), len(d3)), b"tail\r\n"]
+    expected = (b"head\r\n\r\n" + skeleton.encode_lines(d1) + b"--mid--\r\n" + skeleton.encode_lines(d2)
+                + skeleton.encode_lines(d3) + b"tail\r\n")
+    out = blobs.rebuild(segments)
+    assert out == expected
+    assert len(out) == skeleton.raw_size(segments)
+
+
+@pytest.mark.parametrize("size", [CHUNK_BYTES - 1, CHUNK_BYTES, CHUNK_BYTES + 1, 2 * CHUNK_BYTES + LINE_BYTES + 7])
+def test_iter_raw_reads_large_blobs_in_bounded_chunks(size):
+    blobs = Blobs()
+    data = data_of(size)
+    key = blobs.put(data)
+    out = blobs.rebuild([BlobRef(key, size)])
+    assert out == skeleton.encode_lines(data)
+    assert len(out) == skeleton.encoded_size(size)
+    assert all(length <= CHUNK_BYTES for _, _, length in blobs.reads)
+    assert [start for _, start, _ in blobs.reads] == list(range(0, size, CHUNK_BYTES))
+    assert sum(length for _, _, length in blobs.reads) == size
+
+
+def test_iter_raw_of_an_empty_blob_reads_nothing():
+    blobs = Blobs()
+    assert blobs.rebuild([b"a", BlobRef("never-read", 0), b"b"]) == b"ab"
+    assert blobs.reads == []
+
+
+@pytest.mark.parametrize(
+    "stored, declared",
+    [(0, 1), (100, 200), (CHUNK_BYTES, CHUNK_BYTES + 1), (CHUNK_BYTES + 5, 2 * CHUNK_BYTES)],
+)
+def test_iter_raw_raises_eof_when_the_blob_is_shorter_than_declared(stored, declared):
+    blobs = Blobs()
+    key = blobs.put(data_of(stored))
+    with pytest.raises(EOFError, match=f"after {stored} of {declared}"):
+        blobs.rebuild([b"head", BlobRef(key, declared), b"tail"])
+
+
+def test_iter_raw_ignores_bytes_beyond_the_declared_size():
+    blobs = Blobs()
+    data = data_of(500)
+    key = blobs.put(data)
+    assert blobs.rebuild([BlobRef(key, 300)]) == skeleton.encode_lines(data[:300])
+
+
+def test_iter_raw_is_lazy():
+    calls = []
+
+    def read(key, start, length):
+        calls.append(key)
+        return b"x" * length
+
+    it = skeleton.iter_raw([b"a", BlobRef("k1", 3), BlobRef("k2", 3)], read)
+    assert next(it) == b"a"
+    assert calls == []
+    next(it)
+    assert calls == ["k1"]
+
+
+# -- extract on messages built by compose.build --------------------------------
+
+
+def compose_with(blobs: Blobs, files: list[tuple[bytes, str, str]], html: str | None = None) -> compose.Composed:
+    refs = []
+    for i, (data, filename, content_type) in enumerate(files):
+        key = blobs.put(data)
+        refs.append(AttachmentRef(id=f"a{i}", sha256=key[4:], size=len(data), content_type=content_type,
+                                  filename=filename, blob=key))
+    return compose.build(
+        sender=Address("sender@example.com", "Sender"), to=(Address("to@example.com"),), cc=(), bcc=(),
+        subject="files", body="see attached\nthanks", html=html, hostname="mail.example.test",
+        date=1_700_000_000.0, attachments=tuple(refs),
+    )
+
+
+FILES = [
+    (data_of(5000, 1), "report.pdf", "application/pdf"),
+    (data_of(100, 2), "tiny.txt", "text/plain"),
+    (data_of(2000, 3), "Grüße 日本.png", "image/png"),
+    (data_of(1024, 4), "exactly-min.bin", "application/octet-stream"),
+    (data_of(1023, 5), "one-below-min.bin", "application/octet-stream"),
+    (data_of(5000, 1), "same-bytes-again.pdf", "application/pdf"),
+]
+
+
+def refill(segments, found, blobs: Blobs):
+    """Store each extracted body and put its key into the placeholder, as the caller does."""
+    keys = iter([blobs.put(f.data) for f in found])
+    return [replace(s, key=next(keys)) if isinstance(s, BlobRef) else s for s in segments]
+
+
+@pytest.mark.parametrize("html", [None, "<p>see attached</p>"], ids=["text", "text+html"])
+def test_extract_cuts_out_exactly_the_large_attachments_and_rebuilds_exactly(html):
+    blobs = Blobs()
+    composed = compose_with(blobs, FILES, html=html)
+    raw = blobs.rebuild(composed.segments)
+    assert len(raw) == composed.size
+
+    segments, found = skeleton.extract(raw, min_bytes=1024)
+
+    big = [f for f in FILES if len(f[0]) >= 1024]
+    assert [(f.data, f.filename, f.content_type) for f in found] == big
+    refs = [s for s in segments if isinstance(s, BlobRef)]
+    assert [r.size for r in refs] == [len(f[0]) for f in big]
+    assert all(r.key == "" for r in refs)
+    assert all(s for s in segments)  # no empty byte segments
+    assert not any(isinstance(a, bytes) and isinstance(b, bytes) for a, b in zip(segments, segments[1:]))
+    # the small attachments stayed inline
+    text = skeleton.text_view(segments)
+    for data, _, _ in FILES:
+        body = skeleton.encode_lines(data)
+        assert (body in text) == (len(data) < 1024)
+
+    fresh = Blobs()
+    filled = refill(segments, found, fresh)
+    assert skeleton.raw_size(filled) == len(raw)
+    assert fresh.rebuild(filled) == raw
+    assert fresh.rebuild(skeleton.unpack(skeleton.pack(filled))) == raw
+    assert len(fresh.data) == 3  # the repeated file is one blob
+
+
+def test_extract_finds_the_same_cuts_compose_made():
+    blobs = Blobs()
+    composed = compose_with(blobs, FILES)
+    raw = blobs.rebuild(composed.segments)
+    segments, found = skeleton.extract(raw, min_bytes=1)
+    assert [s for s in segments if isinstance(s, bytes)] == [s for s in composed.segments if isinstance(s, bytes)]
+    assert [s.size for s in segments if isinstance(s, BlobRef)] == [len(f[0]) for f in FILES]
+    assert [f.data for f in found] == [f[0] for f in FILES]
+
+
+def test_extract_of_a_message_without_attachments_keeps_it_whole():
+    blobs = Blobs()
+    raw = compose_with(blobs, []).raw
+    assert skeleton.extract(raw, min_bytes=0) == ([raw], [])
+
+
+# -- extract keeps unusual bodies inline ---------------------------------------
+
+
+def part(headers: list[bytes], body: bytes) -> bytes:
+    return b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
+
+
+def mixed(*parts: bytes, eol: bytes = b"\r\n") -> bytes:
+    out = [b"From: a@example.com", b"To: b@example.com", b"Subject: x", b"MIME-Version: 1.0",
+           b'Content-Type: multipart/mixed; boundary="' + BOUNDARY + b'"', b"", b"preamble"]
+    text = eol.join(out) + eol
+    for p in parts:
+        text += b"--" + BOUNDARY + eol + p
+    text += b"--" + BOUNDARY + b"--" + eol
+    return text if eol == b"\r\n" else text.replace(b"\r\n", eol)
+
+
+TEXT = part([b"Content-Type: text/plain; charset=utf-8", b"Content-Transfer-Encoding: 7bit"], b"hello\r\n")
+BIG = data_of(4000, 9)
+
+
+def b64_lines(data: bytes, width: int) -> bytes:
+    text = base64.b64encode(data)
+    return b"".join(text[i : i + width] + b"\r\n" for i in range(0, len(text), width))
+
+
+def attachment(body: bytes, cte: bytes = b"base64", disposition: bytes | None = b'attachment; filename="f.bin"',
+               ctype: bytes = b"application/octet-stream") -> bytes:
+    headers = [b"Content-Type: " + ctype]
+    if disposition is not None:
+        headers.append(b"Content-Disposition: " + disposition)
+    headers.append(b"Content-Transfer-Encoding: " + cte)
+    return part(headers, body)
+
+
+KEPT_INLINE = {
+    "base64-64-char-lines": mixed(TEXT, attachment(b64_lines(BIG, 64))),
+    "base64-lf-lines": mixed(TEXT, attachment(skeleton.encode_lines(BIG)), eol=b"\n"),
+    "base64-no-line-breaks": mixed(TEXT, attachment(base64.b64encode(BIG) + b"\r\n")),
+    "quoted-printable-attachment": mixed(
+        TEXT, attachment(quopri.encodestring(BIG).replace(b"\n", b"\r\n") + b"\r\n", cte=b"quoted-printable")
+    ),
+    "binary-cte": mixed(TEXT, attachment(b"x" * 4000 + b"\r\n", cte=b"8bit")),
+    "inline-image": mixed(
+        TEXT,
+        attachment(skeleton.encode_lines(BIG), disposition=b'inline; filename="logo.png"', ctype=b"image/png"),
+    ),
+    "base64-body-without-filename": mixed(attachment(skeleton.encode_lines(BIG), disposition=None)),
+    "tiny-attachment": mixed(TEXT, attachment(skeleton.encode_lines(b"tiny file"))),
+    "just-below-min": mixed(TEXT, attachment(skeleton.encode_lines(BIG[:1023]))),
+    "non-ascii-in-body": mixed(TEXT, attachment(skeleton.encode_lines(BIG)[:-2] + "é".encode() + b"\r\n")),
+    "invalid-base64": mixed(TEXT, attachment(b"!!!!" * 1000 + b"\r\n")),
+}
+
+
+@pytest.mark.parametrize("raw", list(KEPT_INLINE.values()), ids=list(KEPT_INLINE))
+def test_extract_keeps_unusual_bodies_inline(raw):
+    assert skeleton.extract(raw, min_bytes=1024) == ([raw], [])
+
+
+@pytest.mark.parametrize(
+    "disposition, ctype",
+    [
+        (b'attachment; filename="f.bin"', b"application/octet-stream"),
+        (b"attachment", b"application/octet-stream"),
+        (b'ATTACHMENT; filename="f.bin"', b"application/octet-stream"),
+        (None, b'image/png; name="photo.png"'),
+    ],
+    ids=["attachment", "attachment-without-name", "upper-case", "named-without-disposition"],
+)
+def test_extract_takes_canonical_attachments_written_by_other_mailers(disposition, ctype):
+    raw = mixed(TEXT, attachment(skeleton.encode_lines(BIG), disposition=disposition, ctype=ctype))
+    segments, found = skeleton.extract(raw, min_bytes=1024)
+    assert [f.data for f in found] == [BIG]
+    assert [s.size for s in segments if isinstance(s, BlobRef)] == [len(BIG)]
+    blobs = Blobs()
+    assert blobs.rebuild(refill(segments, found, blobs)) == raw
+
+
+def test_extract_mixes_kept_and_cut_parts_and_rebuilds_exactly():
+    other = data_of(3000, 11)
+    raw = mixed(
+        TEXT,
+        attachment(b64_lines(BIG, 64)),
+        attachment(skeleton.encode_lines(other), disposition=b'attachment; filename="b.bin"'),
+        attachment(skeleton.encode_lines(BIG), disposition=b'inline; filename="i.png"', ctype=b"image/png"),
+        attachment(skeleton.encode_lines(b"small"), disposition=b'attachment; filename="s.txt"'),
+    )
+    segments, found = skeleton.extract(raw, min_bytes=1024)
+    assert [(f.data, f.filename) for f in found] == [(other, "b.bin")]
+    blobs = Blobs()
+    assert blobs.rebuild(refill(segments, found, blobs)) == raw
+
+
+def test_extract_of_a_single_part_attachment_message():
+    raw = part([b"From: a@example.com", b"MIME-Version: 1.0", b"Content-Type: application/pdf",
+                b'Content-Disposition: attachment; filename="only.pdf"', b"Content-Transfer-Encoding: base64"],
+               skeleton.encode_lines(BIG))
+    segments, found = skeleton.extract(raw, min_bytes=1024)
+    assert [(f.data, f.filename, f.content_type) for f in found] == [(BIG, "only.pdf", "application/pdf")]
+    assert isinstance(segments[-1], BlobRef)  # nothing after the body
+    blobs = Blobs()
+    assert blobs.rebuild(refill(segments, found, blobs)) == raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        data_of(3000, 42),
+        b"\x00\xff" * 1000,
+        b"not an email at all",
+        b"\r\n\r\n\r\n",
+        b"--" + BOUNDARY + b"\r\n\r\n",
+        b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n--\r\n",
+        bytes(range(256)) * 20,
+    ],
+    ids=["random", "nul-ff", "text", "blank-lines", "bare-boundary", "broken-multipart", "all-bytes"],
+)
+def test_extract_of_garbage_keeps_it_whole(raw):
+    assert skeleton.extract(raw) == ([raw], [])
