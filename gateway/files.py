@@ -204,13 +204,17 @@ class FilesApi:
         )
 
     async def _stream(self, key: str, start: int, stop: int) -> AsyncIterator[bytes]:
-        pos = start
-        while pos < stop:
-            chunk = await asyncio.to_thread(self.svc.blobs.read_range, key, pos, min(READ_CHUNK_BYTES, stop - pos))
-            if not chunk:
-                break
-            yield chunk
-            pos += len(chunk)
+        fh = await asyncio.to_thread(self.svc.blobs.reader, key, start)
+        try:
+            pos = start
+            while pos < stop:
+                chunk = await asyncio.to_thread(fh.read, min(READ_CHUNK_BYTES, stop - pos))
+                if not chunk:
+                    break
+                yield chunk
+                pos += len(chunk)
+        finally:
+            await asyncio.to_thread(fh.close)
 
     async def lookup(self, user: User, attachment_id: str) -> AttachmentRef | None:
         return await self.svc.router.read(user.uid, "get_attachment", attachment_id)

@@ -57,12 +57,19 @@ class Upload:
         self.sha = hashlib.sha256()
         self.size = 0
         self.tmp = f"{store.root}/tmp/{uuid.uuid4().hex}"
+        # On an object store, a blob that fits in one part is kept in memory and PUT
+        # once under its final key at commit; a larger one streams as a multipart
+        # upload under tmp/ and is then copied server-side.
+        self._small: list[bytes] | None = None
+        self._small_bytes = 0
+        self._fh = None
+        self._aborted = False
         try:
             if store.local:
                 Path(self.tmp).parent.mkdir(parents=True, exist_ok=True)
                 self._fh = open(self.tmp, "wb", buffering=0)  # noqa: SIM115 - closed in commit/abort
             else:
-                self._fh = store.fs.open(self.tmp, "wb", block_size=UPLOAD_PART_BYTES)
+                self._small = []
         except Exception as exc:  # noqa: BLE001 - mapped at the boundary
             raise StorageError(f"storage is unavailable: {exc}") from exc
 
@@ -77,7 +84,17 @@ class Upload:
 
     def store_bytes(self, data: bytes) -> None:
         """Write ``data``; calls must come in order, one at a time."""
+        if self._aborted:
+            raise StorageError("the upload was aborted")
+        if self._small is not None:
+            self._small.append(data)
+            self._small_bytes += len(data)
+            if self._small_bytes <= UPLOAD_PART_BYTES:
+                return
+            data, self._small = b"".join(self._small), None  # too big for one PUT: stream it
         try:
+            if self._fh is None:
+                self._fh = self.store.fs.open(self.tmp, "wb", block_size=UPLOAD_PART_BYTES)
             view = memoryview(data)
             while view:
                 written = self._fh.write(view)
@@ -88,6 +105,8 @@ class Upload:
 
     def commit(self) -> tuple[str, str, int]:
         """Make the blob durable under its content address; returns (key, sha256, size)."""
+        if self._aborted:
+            raise StorageError("the upload was aborted")
         sha = self.sha.hexdigest()
         key = blob_key(self.kind, sha)
         final = self.store._path(key)
@@ -103,6 +122,10 @@ class Upload:
                     Path(final).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(self.tmp, final)
                     fsync_dir(Path(final).parent)
+            elif self._small is not None:
+                if not fs.exists(final):
+                    fs.pipe_file(final, b"".join(self._small))  # one PUT: atomic
+                self._small = []
             else:
                 self._fh.close()
                 if fs.exists(final):
@@ -115,6 +138,10 @@ class Upload:
         return key, sha, self.size
 
     def abort(self) -> None:
+        self._aborted = True
+        self._small = None
+        if self._fh is None:
+            return
         try:
             if not self._fh.closed:
                 if self.store.local:
@@ -260,6 +287,20 @@ class BlobStore:
                 if "InvalidRange" in str(exc) or "not satisfiable" in str(exc) or "416" in str(exc):
                     return b""  # at or past the end, as a file read would say
                 raise
+        except FileNotFoundError as exc:
+            raise BlobMissing(f"blob {key} is missing from storage") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"could not read blob {key}: {exc}") from exc
+
+    def reader(self, key: str, start: int = 0):
+        """A file object positioned at ``start``, for sequential reads (fewer requests on S3)."""
+        try:
+            if self.local:
+                fh = open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+            else:
+                fh = self.fs.open(self._path(key), "rb", block_size=UPLOAD_PART_BYTES, cache_type="readahead")
+            fh.seek(start)
+            return fh
         except FileNotFoundError as exc:
             raise BlobMissing(f"blob {key} is missing from storage") from exc
         except Exception as exc:  # noqa: BLE001
