@@ -13,12 +13,27 @@ from raymail import codec
 from raymail.config import Config
 from raymail.errors import StorageError
 from raymail.mailbox import ShardState
-from raymail.model import AttachmentRef, EmailMeta, Event
+from raymail.model import AttachmentRef, Delete, Deliver, EmailMeta, Event
+from raymail.search import SearchQuery
+from raymail.store.index import SearchIndex
 from raymail.store.log import DurableLog
 
 log = logging.getLogger(__name__)
 
 _GATEWAY_LOOKUP_EVERY_S = 1.0
+
+
+def _in_range(m: EmailMeta, q: SearchQuery) -> bool:
+    return (q.after_s is None or m.date >= q.after_s) and (q.before_s is None or m.date < q.before_s)
+
+
+def _meta_ok(m: EmailMeta, q: SearchQuery) -> bool:
+    return (
+        (q.folder is None or m.folder == q.folder)
+        and (q.unread is None or m.unread == q.unread)
+        and (q.has_attachment is None or m.has_attachments == q.has_attachment)
+        and _in_range(m, q)
+    )
 CATALOG_NAME = "catalog"
 
 
@@ -54,18 +69,128 @@ class MailboxShard:
         retained = config.mailbox.events_retained
         self.state = ShardState.load(codec.decode(rec.snapshot), retained) if rec.snapshot else ShardState(retained)
         replayed = 0
+        delivered: dict[str, Deliver] = {}
+        deleted: set[str] = set()
         for record in rec.records:
             for op in codec.decode(record):
                 self.state.apply(op)
                 replayed += 1
+                if isinstance(op, Deliver):
+                    delivered[op.email.id] = op
+                elif isinstance(op, Delete):
+                    deleted.add(op.email_id)
+        self.search_index = SearchIndex(config.data_path / "index" / f"shard-{index:03d}")
+        self._reindexing = False
+        caught_up = self._catch_up_index(delivered, deleted)
         self.recovered = {
             "mailboxes": len(self.state.mailboxes),
             "snapshot": rec.snapshot is not None,
             "replayed_ops": replayed,
             "truncated_bytes": rec.truncated_bytes,
+            "index_caught_up": caught_up,
             "seconds": round(time.perf_counter() - started, 3),
         }
         log.info("shard %d recovered: %s", index, self.recovered)
+        self._committer = asyncio.get_event_loop().create_task(self._commit_index_loop())
+
+    # -- search index ------------------------------------------------------
+    @staticmethod
+    def _index_fields(meta: EmailMeta, text: str) -> dict[str, str]:
+        def addrs(items) -> str:
+            return " ".join(f"{a.name} {a.email}" for a in items)
+
+        return {"from_": addrs((meta.sender,)), "to": addrs(meta.to), "cc": addrs(meta.cc), "subject": meta.subject,
+                "body": text or meta.snippet, "filenames": " ".join(a.filename for a in meta.attachments)}
+
+    def _catch_up_index(self, delivered: dict[str, Deliver], deleted: set[str]) -> int:
+        """After a restart: index what the log replayed and the last index commit missed."""
+        idx = self.search_index
+        if idx.rebuilt and any(mb.emails for mb in self.state.mailboxes.values()):
+            asyncio.get_event_loop().create_task(self.reindex())  # no usable index: rebuild it from storage
+            return 0
+        added = 0
+        for eid, op in delivered.items():
+            mb = self.state.peek(op.uid)
+            meta = mb.emails.get(eid) if mb else None
+            if meta is not None and not idx.contains(eid):
+                idx.add(op.uid, eid, meta.date, self._index_fields(meta, op.text))
+                added += 1
+        for eid in deleted:
+            idx.delete(eid)
+        idx.commit()
+        return added
+
+    async def _commit_index_loop(self) -> None:
+        every_s = self.config.mailbox.index_commit_every_s
+        while True:
+            await asyncio.sleep(every_s / 2)
+            try:
+                if self.search_index.due(every_s):
+                    self.search_index.commit()
+            except Exception:  # noqa: BLE001 - keep committing; the log has what the index misses
+                log.exception("shard %d: index commit failed", self.index)
+
+    async def reindex(self) -> dict:
+        """Rebuild the index from the mailboxes and the stored messages."""
+        from raymail import compose, skeleton
+        from raymail.store.blobs import BlobStore
+
+        if self._reindexing:
+            return {"status": "already running"}
+        self._reindexing = True
+        started = time.perf_counter()
+        try:
+            blobs = BlobStore(self.config.storage_url, self.config.storage.options)
+            idx = self.search_index
+            await asyncio.to_thread(idx.clear)
+            emails = [(uid, m) for uid, mb in self.state.mailboxes.items() for m in list(mb.emails.values())]
+            done = missing = 0
+            for uid, meta in emails:
+                try:
+                    stored = await asyncio.to_thread(blobs.get, meta.blob)
+                    segments = skeleton.unpack(stored)
+                    text = (await asyncio.to_thread(compose.parse, skeleton.text_view(segments) if segments else stored)).text
+                except StorageError:
+                    text, missing = "", missing + 1
+                if self._email(uid, meta.id) is not None:  # still there
+                    idx.add(uid, meta.id, meta.date, self._index_fields(meta, text))
+                done += 1
+                if done % 1000 == 0:
+                    log.info("shard %d reindex: %d/%d messages", self.index, done, len(emails))
+                    idx.commit()
+            idx.commit()
+            result = {"shard": self.index, "messages": done, "missing_blobs": missing,
+                      "seconds": round(time.perf_counter() - started, 2)}
+            log.info("shard %d reindex done: %s", self.index, result)
+            return result
+        finally:
+            self._reindexing = False
+
+    def _email(self, uid: str, email_id: str) -> EmailMeta | None:
+        mb = self.state.peek(uid)
+        return mb.emails.get(email_id) if mb else None
+
+    async def search(self, uid: str, q: SearchQuery, page_number: int, page_size: int) -> tuple[list[dict], int]:
+        """Newest first; exact for flags and folders whatever the commit cadence."""
+        await self.log.wait_durable()
+        mb = self.state.peek(uid)
+        if mb is None:
+            return [], 0
+        end = page_number * page_size
+        needs_meta = q.folder is not None or q.unread is not None or q.has_attachment is not None
+        if not q.clauses:
+            metas = [m for m in mb.emails.values() if _in_range(m, q)]
+        elif needs_meta or self.search_index.deletes_pending:
+            ids = self.search_index.search_all(uid, q, len(mb.emails))
+            metas = [m for i in ids if (m := mb.emails.get(i)) is not None]
+        else:
+            ids, total = self.search_index.search_top(uid, q, end)
+            metas = [m for i in ids if (m := mb.emails.get(i)) is not None]
+            metas.sort(key=lambda m: (m.date, m.seq), reverse=True)
+            return [m.summary() for m in metas[end - page_size : end]], total
+        metas = [m for m in metas if _meta_ok(m, q)]
+        metas.sort(key=lambda m: (m.date, m.seq), reverse=True)
+        return [m.summary() for m in metas[end - page_size : end]], len(metas)
 
     # -- writes ------------------------------------------------------------
     async def apply_batch(self, encoded_ops: bytes) -> bytes:
@@ -76,6 +201,14 @@ class MailboxShard:
         """
         ops = codec.decode(encoded_ops)
         results, catalog_rows = apply_and_collect(self.state, ops)
+        idx = self.search_index
+        for op, res in zip(ops, results, strict=True):
+            if res.event is None:
+                continue
+            if isinstance(op, Deliver):
+                idx.add(op.uid, op.email.id, op.email.date, self._index_fields(op.email, op.text))
+            elif isinstance(op, Delete):
+                idx.delete(op.email_id)
         changed = [op for op, res in zip(ops, results, strict=True) if res.event is not None or res.changed]
         # Apply and enqueue with no await in between: the log order is the apply order.
         try:
@@ -100,6 +233,8 @@ class MailboxShard:
         self._snapshotting = True
         try:
             started = time.perf_counter()
+            # The log before the snapshot goes away: the index must hold it first.
+            self.search_index.commit()
             await self.log.snapshot(lambda: codec.encode(self.state.dump()))
             log.info("shard %d snapshot written in %.3f s", self.index, time.perf_counter() - started)
         except Exception:

@@ -8,8 +8,10 @@ Handlers parse and authorise, then call plain logic (``raymail.validation``,
 from __future__ import annotations
 
 import asyncio
+import html as htmllib
 import json
 import logging
+import re
 import time
 import uuid
 
@@ -22,6 +24,7 @@ from gateway import intake, openapi, websocket
 from gateway.files import FilesApi
 from gateway.services import Services
 from raymail import addresses, compose, skeleton
+from raymail import search as search_mod
 from raymail.errors import (
     ApiError,
     BadRequest,
@@ -179,12 +182,13 @@ class Api:
             )
 
         sent_meta = meta(user.uid, "sent", keys[1], sent.size, False, True)
-        ops = [Deliver(user.uid, sent_meta, now)]
+        text = search_text(req.body, req.html)
+        ops = [Deliver(user.uid, sent_meta, now, text)]
         seen = set()
         for r in recipients:
             if r.uid not in seen:
                 seen.add(r.uid)
-                ops.append(Deliver(r.uid, meta(r.uid, "inbox", keys[0], delivered.size, True, False), now))
+                ops.append(Deliver(r.uid, meta(r.uid, "inbox", keys[0], delivered.size, True, False), now, text))
         results = await svc.router.apply(ops)
         for res in results:
             if not res.ok:
@@ -288,7 +292,8 @@ class Api:
         except StorageError as exc:
             raise Unavailable("message storage is unavailable; nothing was stored, retry later") from exc
         meta = intake.meta_for(stored, user.uid, folder, unread=folder == "inbox")
-        (res,) = await self.svc.router.apply([Deliver(user.uid, meta, time.time())])
+        text = search_text(stored.parsed.text, stored.parsed.html)
+        (res,) = await self.svc.router.apply([Deliver(user.uid, meta, time.time(), text)])
         if not res.ok:
             raise Unavailable(f"the message could not be stored: {res.message}")
         return _json(meta.summary(), 201)
@@ -338,6 +343,18 @@ class Api:
             raise NotFound("no such email")
         return Response(status_code=204)
 
+    async def search(self, request: Request) -> Response:
+        user = authenticate(self.svc, request)
+        p = request.query_params
+        number, size = parse_paging(p.get("page_number"), p.get("page_size"), self.svc.config.limits)
+        try:
+            query = search_mod.parse(p.get("q"), **{k: p.get(k) for k in
+                                                    ("from", "to", "folder", "has_attachment", "unread", "after", "before")})
+        except search_mod.QueryError as exc:
+            raise BadRequest(str(exc), code="invalid_query") from None
+        summaries, total = await self.svc.router.read(user.uid, "search", query, number, size)
+        return _json({"emails": summaries, "page_number": number, "page_size": size, "total": total})
+
     async def events(self, request: Request) -> Response:
         user = authenticate(self.svc, request)
         since = parse_cursor(request.query_params.get("since"))
@@ -370,6 +387,17 @@ class Api:
 
     async def docs(self, request: Request) -> Response:
         return HTMLResponse(openapi.render_html())
+
+
+_TAG_RE = re.compile(r"<[^>]*>")
+
+
+def search_text(body: str | None, html: str | None) -> str:
+    """The words of a message for the search index: the text part, and the HTML's text."""
+    parts = [body or ""]
+    if html:
+        parts.append(htmllib.unescape(_TAG_RE.sub(" ", html)))
+    return "\n".join(parts)[:200_000]
 
 
 def parse_cursor(value: str | None) -> int:
@@ -414,6 +442,7 @@ def build_app(svc: Services):
         Route("/v1/emails/{id}", api.delete_email, methods=["DELETE"]),
         Route("/v1/emails/{id}/raw", api.get_raw, methods=["GET"]),
         Route("/v1/events", api.events, methods=["GET"]),
+        Route("/v1/search", api.search, methods=["GET"]),
         Route("/v1/import", api.import_message, methods=["POST"]),
         Route("/v1/attachments", api.upload_attachment, methods=["POST"]),
         Route("/v1/attachments/{id}", api.get_attachment, methods=["GET"]),

@@ -74,6 +74,7 @@ class GatewayConfig:
 class MailboxConfig:
     snapshot_every_bytes: int = 32 * 1024 * 1024
     events_retained: int = 5000
+    index_commit_every_s: float = 1.0  # search index commit cadence (the in-memory part covers the gap)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ class Deliver:
     uid: str
     email: EmailMeta
     ts: float
+    text: str = ""  # the message's text for the search index (logged: the index catches up from it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,157 @@
+"""Full-text index of one mailbox shard: tantivy segments plus an in-memory part.
+
+tantivy makes documents visible only at a commit, which costs 12-25 ms, so the
+index commits at most about once a second. Documents added since the last
+commit live in a small in-memory part (the seed's "LSM" option) that is searched
+beside the committed segments, so a message is findable the moment its write
+returns. Mutable state (folder, unread) is never taken from the index: callers
+filter hits with the mailbox, which is exact. The index is derived data: it can
+be rebuilt from the mailboxes and their stored messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import tantivy
+
+from raymail.search import TEXT_FIELDS, Clause, SearchQuery, matches, tokenize
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+MAX_TEXT_CHARS = 200_000
+
+
+def _schema() -> tantivy.Schema:
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("uid", stored=False, tokenizer_name="raw")
+    sb.add_text_field("eid", stored=True, tokenizer_name="raw")
+    for name in TEXT_FIELDS:
+        sb.add_text_field(name, stored=False)
+    sb.add_integer_field("date", stored=False, indexed=True, fast=True)
+    return sb.build()
+
+
+class SearchIndex:
+    def __init__(self, path: Path, heap_bytes: int = 64_000_000) -> None:
+        self.path = Path(path)
+        self.schema = _schema()
+        marker = self.path / "raymail-schema"
+        self.rebuilt = False
+        if self.path.exists() and (not marker.exists() or marker.read_text() != SCHEMA_VERSION):
+            shutil.rmtree(self.path)  # an older layout: rebuild from the mailboxes
+            self.rebuilt = True
+        self.path.mkdir(parents=True, exist_ok=True)
+        fresh = not any(p.name != "raymail-schema" for p in self.path.iterdir())
+        self.index = tantivy.Index(self.schema, path=str(self.path), reuse=not fresh)
+        marker.write_text(SCHEMA_VERSION)
+        self.rebuilt = self.rebuilt or fresh
+        self.writer = self.index.writer(heap_bytes, 1)
+        self.recent: dict[str, tuple[str, float, dict[str, list[str]]]] = {}  # eid -> (uid, date, tokens)
+        self.pending = 0
+        self.deletes_pending = 0
+        self.last_commit_s = time.monotonic()
+        self.commits = 0
+
+    # -- writes ------------------------------------------------------------
+    def add(self, uid: str, eid: str, date: float, fields: dict[str, str]) -> None:
+        clipped = {k: v[:MAX_TEXT_CHARS] for k, v in fields.items() if v}
+        doc = tantivy.Document(uid=uid, eid=eid, date=int(date), **clipped)
+        self.writer.add_document(doc)
+        self.recent[eid] = (uid, date, {k: tokenize(v) for k, v in clipped.items()})
+        self.pending += 1
+
+    def delete(self, eid: str) -> None:
+        self.writer.delete_documents("eid", eid)
+        self.recent.pop(eid, None)
+        self.pending += 1
+        self.deletes_pending += 1
+
+    def commit(self) -> None:
+        if not self.pending:
+            return
+        started = time.perf_counter()
+        self.writer.commit()
+        self.index.reload()
+        self.recent.clear()
+        self.pending = 0
+        self.deletes_pending = 0
+        self.commits += 1
+        self.last_commit_s = time.monotonic()
+        log.debug("index commit in %.1f ms", (time.perf_counter() - started) * 1000)
+
+    def due(self, every_s: float) -> bool:
+        return self.pending > 0 and time.monotonic() - self.last_commit_s >= every_s
+
+    def contains(self, eid: str) -> bool:
+        if eid in self.recent:
+            return True
+        hits = self.index.searcher().search(tantivy.Query.term_query(self.schema, "eid", eid), 1)
+        return hits.count > 0
+
+    def clear(self) -> None:
+        self.writer.delete_all_documents()
+        self.recent.clear()
+        self.pending += 1
+        self.commit()
+
+    # -- reads -------------------------------------------------------------
+    def _clause_query(self, clause: Clause) -> tantivy.Query:
+        per_field = []
+        for f in clause.fields:
+            if clause.phrase:
+                per_field.append(tantivy.Query.phrase_query(self.schema, f, list(clause.words)))
+            else:
+                per_field.append(tantivy.Query.boolean_query(
+                    [(tantivy.Occur.Must, tantivy.Query.term_query(self.schema, f, w)) for w in clause.words]))
+        if len(per_field) == 1:
+            return per_field[0]
+        return tantivy.Query.boolean_query([(tantivy.Occur.Should, q) for q in per_field])
+
+    def _query(self, uid: str, q: SearchQuery) -> tantivy.Query:
+        parts = [(tantivy.Occur.Must, tantivy.Query.term_query(self.schema, "uid", uid))]
+        for clause in q.clauses:
+            occur = tantivy.Occur.MustNot if clause.negated else tantivy.Occur.Must
+            parts.append((occur, self._clause_query(clause)))
+        if q.after_s is not None or q.before_s is not None:
+            lo = int(q.after_s) if q.after_s is not None else -(2**62)
+            hi = int(q.before_s) - 1 if q.before_s is not None else 2**62
+            parts.append((tantivy.Occur.Must, tantivy.Query.range_query(self.schema, "date", tantivy.FieldType.Integer,
+                                                                         lo, hi)))
+        return tantivy.Query.boolean_query(parts)
+
+    def _recent_match(self, uid: str, q: SearchQuery) -> list[tuple[float, str]]:
+        out = []
+        for eid, (doc_uid, date, tokens) in self.recent.items():
+            if doc_uid != uid:
+                continue
+            if q.after_s is not None and int(date) < int(q.after_s):
+                continue
+            if q.before_s is not None and int(date) > int(q.before_s) - 1:
+                continue
+            if all(matches(c, tokens) != c.negated for c in q.clauses):
+                out.append((date, eid))
+        return out
+
+    def search_all(self, uid: str, q: SearchQuery, limit: int) -> set[str]:
+        """Every matching email id of ``uid`` (committed and recent), at most ``limit`` committed."""
+        searcher = self.index.searcher()
+        hits = searcher.search(self._query(uid, q), max(1, limit))
+        found = {searcher.doc(addr)["eid"][0] for _, addr in hits.hits}
+        found.update(eid for _, eid in self._recent_match(uid, q))
+        return found
+
+    def search_top(self, uid: str, q: SearchQuery, limit: int) -> tuple[list[str], int]:
+        """The newest ``limit`` matching ids and the committed+recent match count."""
+        searcher = self.index.searcher()
+        hits = searcher.search(self._query(uid, q), max(1, limit), order_by_field="date")
+        committed = [(searcher.doc(addr)["eid"][0]) for _, addr in hits.hits]
+        recent = self._recent_match(uid, q)
+        recent_ids = {eid for _, eid in recent}
+        # A document both committed and re-added is counted once.
+        committed = [e for e in committed if e not in recent_ids]
+        return [eid for _, eid in sorted(recent, reverse=True)] + committed, hits.count + len(recent)
