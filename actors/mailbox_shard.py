@@ -142,7 +142,7 @@ class MailboxShard:
         try:
             blobs = BlobStore(self.config.storage_url, self.config.storage.options)
             idx = self.search_index
-            await asyncio.to_thread(idx.clear)
+            idx.clear()  # on the loop thread: the writer is never used from two threads
             emails = [(uid, m) for uid, mb in self.state.mailboxes.items() for m in list(mb.emails.values())]
             done = missing = 0
             for uid, meta in emails:

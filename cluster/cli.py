@@ -135,6 +135,36 @@ def cmd_storage_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """Rebuild every shard's search index from the mailboxes and stored messages."""
+    cfg = _load(args)
+    import ray
+
+    try:
+        ray.init(address=cfg.cluster.address or "auto", namespace=cfg.cluster.namespace,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError) as exc:
+        print(f"raymail: cannot join the Ray cluster: {exc}", file=sys.stderr)
+        return 1
+    try:
+        shards = [ray.get_actor(f"shard-{i}", namespace=cfg.cluster.namespace) for i in range(cfg.cluster.shards)]
+    except ValueError as exc:
+        print(f"raymail: no running raymail in namespace {cfg.cluster.namespace!r}: {exc}", file=sys.stderr)
+        ray.shutdown()
+        return 1
+    pending = {s.reindex.remote(): i for i, s in enumerate(shards)}
+    results = []
+    print(f"reindexing {len(shards)} shards (progress in the shard logs)...", file=sys.stderr, flush=True)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        result = ray.get(done[0])
+        print(f"shard {pending.pop(done[0])}: {result}", file=sys.stderr, flush=True)
+        results.append(result)
+    ray.shutdown()
+    print(json.dumps({"shards": results, "messages": sum(r.get("messages", 0) for r in results)}))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raymail", description="An email platform on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -181,6 +211,11 @@ def parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="report what would be deleted; delete nothing")
     gc.add_argument("--address", help="Ray address of the running cluster (default: [cluster] address or 'auto')")
     gc.set_defaults(func=cmd_storage_gc)
+
+    ri = sub.add_parser("reindex", help="rebuild the search indexes (joins the running cluster)")
+    common(ri)
+    ri.add_argument("--address", help="Ray address of the running cluster (default: [cluster] address or 'auto')")
+    ri.set_defaults(func=cmd_reindex)
     return p
 
 

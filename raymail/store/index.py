@@ -94,6 +94,8 @@ class SearchIndex:
         return hits.count > 0
 
     def clear(self) -> None:
+        self.pending += 1
+        self.commit()  # what is buffered goes in first, so the delete below covers it
         self.writer.delete_all_documents()
         self.recent.clear()
         self.pending += 1
@@ -153,5 +155,5 @@ class SearchIndex:
         recent = self._recent_match(uid, q)
         recent_ids = {eid for _, eid in recent}
         # A document both committed and re-added is counted once.
-        committed = [e for e in committed if e not in recent_ids]
+        committed = [e for e in dict.fromkeys(committed) if e not in recent_ids]
         return [eid for _, eid in sorted(recent, reverse=True)] + committed, hits.count + len(recent)

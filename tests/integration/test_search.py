@@ -130,3 +130,24 @@ async def test_survives_shard_restart_and_reindex(sapp):
     results = ray.get([s.reindex.remote() for s in sapp.deployment.shards])
     assert sum(x["messages"] for x in results) >= 10
     assert (await search(sapp, bob["token"], q="brief"))["total"] == 5
+
+
+async def test_reindex_command(sapp, ray_cluster, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    alice, bob = sapp.user(), sapp.user()
+    await send(sapp, alice["token"], bob["email"], "albatross", "a rare bird")
+    cfg = tmp_path / "ns.toml"
+    cfg.write_text(f'[cluster]\nnamespace = "{sapp.config.cluster.namespace}"\nshards = {sapp.config.cluster.shards}\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "reindex", "--config", str(cfg), "--address", ray_cluster,
+         "--data-dir", str(sapp.config.data_path)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert len(summary["shards"]) == sapp.config.cluster.shards and summary["messages"] >= 2
+    assert subjects(await search(sapp, bob["token"], q="bird")) == ["albatross"]
