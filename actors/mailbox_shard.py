@@ -15,25 +15,12 @@ from raymail.errors import StorageError
 from raymail.mailbox import ShardState
 from raymail.model import AttachmentRef, Delete, Deliver, EmailMeta, Event
 from raymail.search import SearchQuery
-from raymail.store.index import SearchIndex
+from raymail.store.index import SearchIndex, search_mailbox
 from raymail.store.log import DurableLog
 
 log = logging.getLogger(__name__)
 
 _GATEWAY_LOOKUP_EVERY_S = 1.0
-
-
-def _in_range(m: EmailMeta, q: SearchQuery) -> bool:
-    return (q.after_s is None or m.date >= q.after_s) and (q.before_s is None or m.date < q.before_s)
-
-
-def _meta_ok(m: EmailMeta, q: SearchQuery) -> bool:
-    return (
-        (q.folder is None or m.folder == q.folder)
-        and (q.unread is None or m.unread == q.unread)
-        and (q.has_attachment is None or m.has_attachments == q.has_attachment)
-        and _in_range(m, q)
-    )
 CATALOG_NAME = "catalog"
 
 
@@ -176,21 +163,8 @@ class MailboxShard:
         mb = self.state.peek(uid)
         if mb is None:
             return [], 0
-        end = page_number * page_size
-        needs_meta = q.folder is not None or q.unread is not None or q.has_attachment is not None
-        if not q.clauses:
-            metas = [m for m in mb.emails.values() if _in_range(m, q)]
-        elif needs_meta or self.search_index.deletes_pending:
-            ids = self.search_index.search_all(uid, q, len(mb.emails))
-            metas = [m for i in ids if (m := mb.emails.get(i)) is not None]
-        else:
-            ids, total = self.search_index.search_top(uid, q, end)
-            metas = [m for i in ids if (m := mb.emails.get(i)) is not None]
-            metas.sort(key=lambda m: (m.date, m.seq), reverse=True)
-            return [m.summary() for m in metas[end - page_size : end]], total
-        metas = [m for m in metas if _meta_ok(m, q)]
-        metas.sort(key=lambda m: (m.date, m.seq), reverse=True)
-        return [m.summary() for m in metas[end - page_size : end]], len(metas)
+        metas, total = search_mailbox(self.search_index, mb, q, page_number, page_size)
+        return [m.summary() for m in metas], total
 
     # -- writes ------------------------------------------------------------
     async def apply_batch(self, encoded_ops: bytes) -> bytes:

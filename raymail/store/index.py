@@ -11,6 +11,7 @@ be rebuilt from the mailboxes and their stored messages.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import shutil
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import tantivy
 
+from raymail.mailbox import Mailbox
+from raymail.model import EmailMeta
 from raymail.search import TEXT_FIELDS, Clause, SearchQuery, matches, tokenize
 
 log = logging.getLogger(__name__)
@@ -157,3 +160,45 @@ class SearchIndex:
         # A document both committed and re-added is counted once.
         committed = [e for e in dict.fromkeys(committed) if e not in recent_ids]
         return [eid for _, eid in sorted(recent, reverse=True)] + committed, hits.count + len(recent)
+
+
+def _in_range(m: EmailMeta, q: SearchQuery) -> bool:
+    return (q.after_s is None or m.date >= q.after_s) and (q.before_s is None or m.date < q.before_s)
+
+
+def _meta_ok(m: EmailMeta, q: SearchQuery) -> bool:
+    return (
+        (q.folder is None or m.folder == q.folder)
+        and (q.unread is None or m.unread == q.unread)
+        and (q.has_attachment is None or m.has_attachments == q.has_attachment)
+        and _in_range(m, q)
+    )
+
+
+def search_mailbox(
+    index: SearchIndex, mb: Mailbox, q: SearchQuery, page_number: int, page_size: int
+) -> tuple[list[EmailMeta], int]:
+    """One user's search, newest first, with the exact total.
+
+    Text comes from the index; folder, unread and attachments from the mailbox,
+    so they are exact whatever the commit cadence. With text and no such filter
+    (and no delete waiting for a commit), only the top of the index is read.
+    """
+    end = page_number * page_size
+    needs_meta = q.folder is not None or q.unread is not None or q.has_attachment is not None
+    if not q.clauses:
+        metas = [m for m in mb.emails.values() if _meta_ok(m, q)]
+    elif needs_meta or index.deletes_pending:
+        ids = index.search_all(mb.uid, q, len(mb.emails))
+        metas = [m for i in ids if (m := mb.emails.get(i)) is not None and _meta_ok(m, q)]
+    else:
+        ids, total = index.search_top(mb.uid, q, end)
+        metas = [m for i in ids if (m := mb.emails.get(i)) is not None]
+        metas.sort(key=lambda m: (m.date, m.seq), reverse=True)
+        return metas[end - page_size : end], total
+    if not q.clauses and not needs_meta and q.after_s is None and q.before_s is None:
+        total = len(metas)
+        top = heapq.nlargest(end, metas, key=lambda m: (m.date, m.seq))
+        return top[end - page_size : end], total
+    metas.sort(key=lambda m: (m.date, m.seq), reverse=True)
+    return metas[end - page_size : end], len(metas)
