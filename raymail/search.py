@@ -25,8 +25,26 @@ class QueryError(ValueError):
     """The query cannot be understood; the message says what to change."""
 
 
-def tokenize(text: str) -> list[str]:
-    return [t for t in (w.lower() for w in _WORD_RE.findall(text)) if len(t.encode()) <= 40]
+def _lower(word: str) -> str:
+    # One character at a time, as tantivy's lower-caser does (a final capital
+    # sigma becomes "σ", where str.lower() would give "ς").
+    return word.lower() if word.isascii() else "".join(map(str.lower, word))
+
+
+def tokenize(text: str, keep_gaps: bool = False) -> list[str | None]:
+    """The index's tokens: runs of letters and digits, lower-cased, under 40 bytes.
+
+    With ``keep_gaps`` a dropped (over-long) token leaves a None, so positions,
+    and with them phrase matches, agree with the index.
+    """
+    out: list[str | None] = []
+    for w in _WORD_RE.findall(text):
+        t = _lower(w)
+        if len(t.encode()) < 40:
+            out.append(t)
+        elif keep_gaps:
+            out.append(None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,8 +115,10 @@ def _split(q: str) -> list[tuple[str, bool, bool]]:
             else:
                 buf.append(q[i])
                 i += 1
-        phrase = quoted and q[start] == '"'
-        out.append(("".join(buf) if phrase else q[start:i], quoted, phrase))
+        lead = 1 if q[start] == "-" and start + 1 < n and q[start + 1] == '"' else 0
+        phrase = quoted and q[start + lead] == '"'
+        piece = "".join(buf) if phrase else q[start:i]
+        out.append(("-" + piece[1:] if lead and phrase else piece, quoted, phrase))
     return out
 
 
@@ -116,7 +136,7 @@ def parse(q: str | None, **filters: str | None) -> SearchQuery:
         state[key] = value
 
     for piece, _quoted, phrase in _split(q):
-        negated = not phrase and piece.startswith("-") and len(piece) > 1
+        negated = piece.startswith("-") and len(piece) > 1
         if negated:
             piece = piece[1:]
         op, colon, value = piece.partition(":")

@@ -54,7 +54,8 @@ class SearchIndex:
         marker.write_text(SCHEMA_VERSION)
         self.rebuilt = self.rebuilt or fresh
         self.writer = self.index.writer(heap_bytes, 1)
-        self.recent: dict[str, tuple[str, float, dict[str, list[str]]]] = {}  # eid -> (uid, date, tokens)
+        # eid -> (uid, date, field texts, later field tokens): the part not yet committed
+        self.recent: dict[str, tuple[str, float, dict]] = {}
         self.pending = 0
         self.deletes_pending = 0
         self.last_commit_s = time.monotonic()
@@ -65,11 +66,11 @@ class SearchIndex:
         clipped = {k: v[:MAX_TEXT_CHARS] for k, v in fields.items() if v}
         doc = tantivy.Document(uid=uid, eid=eid, date=int(date), **clipped)
         self.writer.add_document(doc)
-        self.recent[eid] = (uid, date, {k: tokenize(v) for k, v in clipped.items()})
+        self.recent[eid] = (uid, date, clipped)  # tokenized when first searched
         self.pending += 1
 
     def delete(self, eid: str) -> None:
-        self.writer.delete_documents("eid", eid)
+        self.writer.delete_documents_by_term("eid", eid)
         self.recent.pop(eid, None)
         self.pending += 1
         self.deletes_pending += 1
@@ -131,9 +132,12 @@ class SearchIndex:
 
     def _recent_match(self, uid: str, q: SearchQuery) -> list[tuple[float, str]]:
         out = []
-        for eid, (doc_uid, date, tokens) in self.recent.items():
+        for eid, (doc_uid, date, fields) in self.recent.items():
             if doc_uid != uid:
                 continue
+            tokens = fields.get("\0tokens")
+            if tokens is None:
+                tokens = fields["\0tokens"] = {k: tokenize(v, keep_gaps=True) for k, v in fields.items()}
             if q.after_s is not None and int(date) < int(q.after_s):
                 continue
             if q.before_s is not None and int(date) > int(q.before_s) - 1:
@@ -145,22 +149,24 @@ class SearchIndex:
     def search_all(self, uid: str, q: SearchQuery, limit: int) -> set[str]:
         """Every matching email id of ``uid`` (committed and recent), at most ``limit`` committed."""
         searcher = self.index.searcher()
-        hits = searcher.search(self._query(uid, q), max(1, limit))
+        # Documents deleted since the last commit still take places among the hits.
+        hits = searcher.search(self._query(uid, q), max(1, limit + self.deletes_pending))
         found = {searcher.doc(addr)["eid"][0] for _, addr in hits.hits}
         found.update(eid for _, eid in self._recent_match(uid, q))
         return found
 
     def search_top(self, uid: str, q: SearchQuery, limit: int) -> tuple[list[str], int]:
-        """The newest ``limit`` matching ids and the committed+recent match count."""
+        """The newest ``limit`` matching ids (committed and recent) and how many match in all."""
         searcher = self.index.searcher()
         hits = searcher.search(self._query(uid, q), max(1, limit), order_by_field="date")
-        committed = [(searcher.doc(addr)["eid"][0]) for _, addr in hits.hits]
+        # Ordered by a fast field, a hit's first element is that field's value.
+        committed = {searcher.doc(addr)["eid"][0]: date for date, addr in hits.hits}
         recent = self._recent_match(uid, q)
-        recent_ids = {eid for _, eid in recent}
-        # A document both committed and re-added is counted once.
-        committed = [e for e in dict.fromkeys(committed) if e not in recent_ids]
-        return [eid for _, eid in sorted(recent, reverse=True)] + committed, hits.count + len(recent)
-
+        overlap = sum(1 for _, eid in recent if eid in committed)  # re-added documents count once
+        merged = dict(committed)
+        merged.update((eid, date) for date, eid in recent)
+        newest = sorted(merged.items(), key=lambda kv: kv[1], reverse=True)[:limit]
+        return [eid for eid, _ in newest], hits.count + len(recent) - overlap
 
 def _in_range(m: EmailMeta, q: SearchQuery) -> bool:
     return (q.after_s is None or m.date >= q.after_s) and (q.before_s is None or m.date < q.before_s)
