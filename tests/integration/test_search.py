@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 import ray
-
 from conftest import start_app
 
 
