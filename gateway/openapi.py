@@ -101,6 +101,15 @@ SPEC: dict = {
         },
         "/v1/emails/{id}/raw": {"get": {"summary": "The RFC 5322 source", "parameters": [_ID],
                                         "responses": {"200": {"description": "message/rfc822"}, "404": _resp("Not found", _ERROR), **_ERRORS}}},
+        "/v1/search": {"get": {
+            "summary": "Search your own mail, newest first (Gmail-style q: from: to: cc: subject: filename: "
+                       "has:attachment is:unread is:read in:FOLDER before: after: \"phrase\" -word)",
+            "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in
+                           ("q", "from", "to", "folder", "has_attachment", "unread", "after", "before",
+                            "page_number", "page_size")],
+            "responses": {"200": _resp("A page", {"$ref": "#/components/schemas/Page"}),
+                          "400": _resp("Query syntax error, bad date or filter", _ERROR), **_ERRORS},
+        }},
         "/v1/events": {"get": {
             "summary": "Events after a cursor (catch-up)",
             "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
