@@ -131,20 +131,24 @@ def fts_uid(uid: str) -> str:
 
 
 def fts_query(db: sqlite3.Connection, uid: str, kind: str, words: list[str]) -> int:
-    """The same question asked of FTS5; returns the total (and fetches the first page)."""
-    base = "FROM docs JOIN meta ON meta.rowid = docs.rowid WHERE "
+    """The same question asked of FTS5, written the way FTS5 is fastest; returns the total.
+
+    The owner is a token of its own in the FTS table, so a MATCH intersects posting
+    lists; rowids follow arrival order, so "newest first" is ORDER BY rowid DESC.
+    """
     if kind == "filter":
-        where, args = "meta.uid = ? AND meta.unread = 1 AND meta.folder = 'inbox'", [uid]
-        base = "FROM meta WHERE "
-    else:
-        match = {"term": words[0], "two": f"{words[0]} {words[1]}", "phrase": f'"{words[0]} {words[1]}"',
-                 "term+filters": words[0]}[kind]
-        # The owner is one token of its own, so FTS5 intersects posting lists (its fastest form).
-        where, args = "docs MATCH ? AND meta.uid = ?", [f"uid:{fts_uid(uid)} AND ({match})", uid]
-        if kind == "term+filters":
-            where += " AND meta.unread = 1 AND meta.folder = 'inbox'"
-    db.execute(f"SELECT meta.rowid {base}{where} ORDER BY meta.date DESC LIMIT 50", args).fetchall()
-    return db.execute(f"SELECT count(*) {base}{where}", args).fetchone()[0]
+        where, args = "uid = ? AND unread = 1 AND folder = 'inbox'", [uid]
+        db.execute(f"SELECT rowid FROM meta WHERE {where} ORDER BY date DESC LIMIT 50", args).fetchall()
+        return db.execute(f"SELECT count(*) FROM meta WHERE {where}", args).fetchone()[0]
+    match = {"term": words[0], "two": f"{words[0]} {words[1]}", "phrase": f'"{words[0]} {words[1]}"',
+             "term+filters": words[0]}[kind]
+    expr = f"uid:{fts_uid(uid)} AND ({match})"
+    if kind == "term+filters":
+        where = "rowid IN (SELECT rowid FROM docs WHERE docs MATCH ?) AND unread = 1 AND folder = 'inbox'"
+        db.execute(f"SELECT rowid FROM meta WHERE {where} ORDER BY date DESC LIMIT 50", [expr]).fetchall()
+        return db.execute(f"SELECT count(*) FROM meta WHERE {where}", [expr]).fetchone()[0]
+    db.execute("SELECT rowid FROM docs WHERE docs MATCH ? ORDER BY rowid DESC LIMIT 50", [expr]).fetchall()
+    return db.execute("SELECT count(*) FROM docs WHERE docs MATCH ?", [expr]).fetchone()[0]
 
 
 def main() -> None:
