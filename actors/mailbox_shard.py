@@ -100,7 +100,7 @@ class MailboxShard:
             mb = self.state.peek(op.uid)
             meta = mb.emails.get(eid) if mb else None
             if meta is not None and not idx.contains(eid):
-                idx.add(op.uid, eid, meta.date, self._index_fields(meta, op.text))
+                idx.add(op.uid, eid, meta.date, self._index_fields(meta, op.text), meta.seq)
                 added += 1
         for eid in deleted:
             idx.delete(eid)
@@ -140,7 +140,7 @@ class MailboxShard:
                 except StorageError:
                     text, missing = "", missing + 1
                 if self._email(uid, meta.id) is not None:  # still there
-                    idx.add(uid, meta.id, meta.date, self._index_fields(meta, text))
+                    idx.add(uid, meta.id, meta.date, self._index_fields(meta, text), meta.seq)
                 done += 1
                 if done % 1000 == 0:
                     log.info("shard %d reindex: %d/%d messages", self.index, done, len(emails))
@@ -180,7 +180,9 @@ class MailboxShard:
             if res.event is None:
                 continue
             if isinstance(op, Deliver):
-                idx.add(op.uid, op.email.id, op.email.date, self._index_fields(op.email, op.text))
+                meta = self._email(op.uid, op.email.id)  # as stored: with its arrival number
+                if meta is not None:
+                    idx.add(op.uid, meta.id, meta.date, self._index_fields(meta, op.text), meta.seq)
             elif isinstance(op, Delete):
                 idx.delete(op.email_id)
         changed = [op for op, res in zip(ops, results, strict=True) if res.event is not None or res.changed]

@@ -24,7 +24,7 @@ import ray
 from common import make_users, progress, start
 from ws_idle import rss_kib
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 MiB = 1024 * 1024
 
@@ -158,7 +158,7 @@ def main() -> None:
     sections = {"limits": {"max_attachment_bytes": 128 * MiB, "max_message_bytes": 128 * MiB}}
     server = None
     if args.s3:
-        from conftest import MotoServer
+        from s3server import MotoServer
 
         server = MotoServer()
         sections["storage"] = {"url": server.bucket("bench"), "options": server.options}

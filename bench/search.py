@@ -95,9 +95,10 @@ def build(corpus: Corpus, path: Path) -> tuple[SearchIndex, dict[str, Mailbox], 
     for uid, meta, body in corpus.messages():
         mb = boxes.get(uid) or boxes.setdefault(uid, Mailbox(uid, 10))
         mb.deliver(meta, meta.date)
+        seq = mb.next_seq - 1
         t = time.perf_counter()
         idx.add(uid, meta.id, meta.date, {"from_": f"{meta.sender.name} {meta.sender.email}", "to": meta.to[0].email,
-                                          "subject": meta.subject, "body": body})
+                                          "subject": meta.subject, "body": body}, seq)
         if idx.pending >= 50_000:
             idx.commit()
         ours_s += time.perf_counter() - t
@@ -207,7 +208,7 @@ def main() -> None:
                           has_attachments=False, blob="")
         t = time.perf_counter()
         boxes[uid].deliver(fresh, fresh.date)
-        idx.add(uid, fresh.id, fresh.date, {"subject": fresh.subject})
+        idx.add(uid, fresh.id, fresh.date, {"subject": fresh.subject}, boxes[uid].next_seq - 1)
         found = search_mailbox(idx, boxes[uid], parse("zyzzyvafresh"), 1, 10)[1]
         print(f"added -> findable: {(time.perf_counter() - t) * 1000:.2f} ms (found {found}, before any commit)")
 

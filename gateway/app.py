@@ -8,6 +8,7 @@ Handlers parse and authorise, then call plain logic (``raymail.validation``,
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html as htmllib
 import json
 import logging
@@ -104,7 +105,10 @@ class Api:
         req = parse_send_request(await read_json(request, self.max_json_bytes), svc.config.limits, user.uid)
         files = await self._attachments(user, req)
         recipients = self._resolve_local(req)
-        result = await self._deliver_local(user, req, recipients, files)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not (0 < len(key) <= 128 and key.isprintable()):
+            raise BadRequest("Idempotency-Key must be 1-128 printable characters", code="invalid_header")
+        result = await self._deliver_local(user, req, recipients, files, key)
         svc.metrics.accepted()
         svc.metrics.send_latency(time.perf_counter() - started)
         return _json(result, 201)
@@ -113,9 +117,9 @@ class Api:
         """The caller's uploads (or attachments of mail they received) named in the request."""
         if not req.attachments:
             return ()
-        refs = await asyncio.gather(*(self.files.lookup(user, a) for a in req.attachments if len(a) <= 64))
-        if len(refs) < len(req.attachments) or None in refs:
-            missing = [a for a, r in zip(req.attachments, list(refs) + [None] * len(req.attachments)) if r is None]
+        refs = await asyncio.gather(*(self.files.lookup(user, a) for a in req.attachments))
+        missing = [a for a, r in zip(req.attachments, refs, strict=True) if r is None]
+        if missing:
             raise Unprocessable(
                 f"unknown attachment id {missing[0]!r}: upload it with POST /v1/attachments first",
                 code="unknown_attachment",
@@ -148,15 +152,25 @@ class Api:
         return out
 
     async def _deliver_local(
-        self, user: User, req: SendRequest, recipients: list[User], files: tuple[AttachmentRef, ...] = ()
+        self, user: User, req: SendRequest, recipients: list[User], files: tuple[AttachmentRef, ...] = (),
+        idempotency_key: str | None = None,
     ) -> dict:
+        """Store and deliver. With an idempotency key, ids derive from it: a retried
+        request (after a 503 or a lost reply) lands on the same mailbox entries,
+        which the shards treat as already delivered."""
         svc = self.svc
         cfg = svc.config
         now = time.time()
         sender = addresses.parse_address({"email": user.email, "name": user.name})
         common = dict(sender=sender, to=req.to, cc=req.cc, bcc=req.bcc, subject=req.subject, body=req.body,
                       html=req.html, hostname=cfg.server.hostname, date=now, attachments=files)
-        delivered = compose.build(**common)
+        def stable(*parts: str) -> str | None:
+            if idempotency_key is None:
+                return None
+            return hashlib.sha256("\x00".join((user.uid, idempotency_key, *parts)).encode()).hexdigest()[:32]
+
+        mid = stable("message-id")
+        delivered = compose.build(**common, message_id=f"<{mid}@{cfg.server.hostname}>" if mid else None)
         sent = compose.build(**common, message_id=delivered.message_id, include_bcc=True) if req.bcc else delivered
         # The limit counts the text and the attachments' own bytes (not their base64).
         total = len(sent.raw) + sum(f.size for f in files)
@@ -176,7 +190,8 @@ class Api:
 
         def meta(uid: str, folder: str, raw_key: str, size: int, unread: bool, with_bcc: bool) -> EmailMeta:
             return EmailMeta(
-                id=uuid.uuid4().hex, uid=uid, message_id=delivered.message_id, folder=folder, sender=sender,
+                id=stable(uid, folder) or uuid.uuid4().hex, uid=uid, message_id=delivered.message_id, folder=folder,
+                sender=sender,
                 to=req.to, cc=req.cc, bcc=req.bcc if with_bcc else (), subject=req.subject, snippet=delivered.snippet,
                 date=now, size=size, unread=unread, has_attachments=bool(files), blob=raw_key, attachments=files,
             )

@@ -172,7 +172,7 @@ class FilesApi:
 
     async def download(self, request: Request, user: User) -> Response:
         attachment_id = request.path_params["id"]
-        ref = await self.lookup(user, attachment_id) if len(attachment_id) <= 64 else None
+        ref = await self.lookup(user, attachment_id)
         if ref is None:
             raise NotFound("no such attachment")
         blobs = self.svc.blobs
@@ -217,4 +217,7 @@ class FilesApi:
             await asyncio.to_thread(fh.close)
 
     async def lookup(self, user: User, attachment_id: str) -> AttachmentRef | None:
+        """The attachment if ``user`` may use it (uploaded or received), else None."""
+        if not attachment_id or len(attachment_id) > 64:
+            return None
         return await self.svc.router.read(user.uid, "get_attachment", attachment_id)

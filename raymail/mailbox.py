@@ -31,7 +31,8 @@ from raymail.model import (
 class Mailbox:
     """One user's mail. Folder lists hold ``seq`` numbers in arrival order."""
 
-    __slots__ = ("uid", "emails", "folders", "by_seq", "next_seq", "cursor", "events", "uploads", "attached")
+    __slots__ = ("uid", "emails", "folders", "by_seq", "next_seq", "cursor", "events", "uploads", "attached",
+                 "unread_in")
 
     def __init__(self, uid: str, events_retained: int) -> None:
         self.uid = uid
@@ -42,6 +43,7 @@ class Mailbox:
         self.cursor = 0
         self.events: deque[Event] = deque(maxlen=events_retained)
         self.uploads: dict[str, AttachmentRef] = {}
+        self.unread_in: dict[str, int] = {}  # folder -> unread messages in it
         # attachment id -> (ref, how many of this user's emails carry it)
         self.attached: dict[str, tuple[AttachmentRef, int]] = {}
 
@@ -79,7 +81,11 @@ class Mailbox:
         return [self.emails[self.by_seq[s]] for s in reversed(seqs[start:end])], total
 
     def unread_count(self, folder: str) -> int:
-        return sum(1 for s in self.folders.get(folder, []) if self.emails[self.by_seq[s]].unread)
+        return self.unread_in.get(folder, 0)
+
+    def _count(self, meta: EmailMeta, delta: int) -> None:
+        if meta.unread:
+            self.unread_in[meta.folder] = self.unread_in.get(meta.folder, 0) + delta
 
     def events_after(self, cursor: int, limit: int) -> tuple[list[Event], bool]:
         """Events with cursor > ``cursor``; the flag is False if some were dropped already."""
@@ -109,6 +115,7 @@ class Mailbox:
         self.by_seq[meta.seq] = meta.id
         self.folders.setdefault(meta.folder, []).append(meta.seq)
         self._attach(meta, +1)
+        self._count(meta, +1)
         return OpResult(ok=True, event=self._event(EventType.NEW, meta.id, ts, meta.summary()))
 
     def update(self, email_id: str, ts: float, unread: bool | None, folder: str | None) -> OpResult:
@@ -126,6 +133,8 @@ class Mailbox:
             bisect.insort(self.folders.setdefault(folder, []), new.seq)
         if new is meta:
             return OpResult(ok=True)
+        self._count(meta, -1)
+        self._count(new, +1)
         self.emails[email_id] = new
         return OpResult(ok=True, event=self._event(EventType.UPDATED, email_id, ts, new.summary()))
 
@@ -136,6 +145,7 @@ class Mailbox:
         self._remove_seq(meta)
         del self.by_seq[meta.seq]
         self._attach(meta, -1)
+        self._count(meta, -1)
         return OpResult(ok=True, event=self._event(EventType.DELETED, email_id, ts, None))
 
     def _remove_seq(self, meta: EmailMeta) -> None:
@@ -165,6 +175,7 @@ class Mailbox:
             mb.by_seq[meta.seq] = meta.id
             mb.folders.setdefault(meta.folder, []).append(meta.seq)
             mb._attach(meta, +1)
+            mb._count(meta, +1)
         mb.uploads = {ref.id: ref for ref in data.get("uploads", ())}
         mb.next_seq = data["next_seq"]
         mb.cursor = data["cursor"]

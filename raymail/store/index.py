@@ -25,7 +25,7 @@ from raymail.search import TEXT_FIELDS, Clause, SearchQuery, matches, tokenize
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 MAX_TEXT_CHARS = 200_000
 
 
@@ -36,6 +36,8 @@ def _schema() -> tantivy.Schema:
     for name in TEXT_FIELDS:
         sb.add_text_field(name, stored=False)
     sb.add_integer_field("date", stored=False, indexed=True, fast=True)
+    # The mailbox's arrival number: hits ordered by it carry it, so no stored field is read.
+    sb.add_integer_field("seq", stored=False, indexed=False, fast=True)
     return sb.build()
 
 
@@ -55,18 +57,18 @@ class SearchIndex:
         self.rebuilt = self.rebuilt or fresh
         self.writer = self.index.writer(heap_bytes, 1)
         # eid -> (uid, date, field texts, later field tokens): the part not yet committed
-        self.recent: dict[str, tuple[str, float, dict]] = {}
+        self.recent: dict[str, tuple[str, float, dict, int]] = {}
         self.pending = 0
         self.deletes_pending = 0
         self.last_commit_s = time.monotonic()
         self.commits = 0
 
     # -- writes ------------------------------------------------------------
-    def add(self, uid: str, eid: str, date: float, fields: dict[str, str]) -> None:
+    def add(self, uid: str, eid: str, date: float, fields: dict[str, str], seq: int = 0) -> None:
         clipped = {k: v[:MAX_TEXT_CHARS] for k, v in fields.items() if v}
-        doc = tantivy.Document(uid=uid, eid=eid, date=int(date), **clipped)
+        doc = tantivy.Document(uid=uid, eid=eid, date=int(date), seq=seq, **clipped)
         self.writer.add_document(doc)
-        self.recent[eid] = (uid, date, clipped)  # tokenized when first searched
+        self.recent[eid] = (uid, date, clipped, seq)  # tokenized when first searched
         self.pending += 1
 
     def delete(self, eid: str) -> None:
@@ -131,8 +133,11 @@ class SearchIndex:
         return tantivy.Query.boolean_query(parts)
 
     def _recent_match(self, uid: str, q: SearchQuery) -> list[tuple[float, str]]:
+        return [(date, eid) for date, eid, _ in self._recent_hits(uid, q)]
+
+    def _recent_hits(self, uid: str, q: SearchQuery) -> list[tuple[float, str, int]]:
         out = []
-        for eid, (doc_uid, date, fields) in self.recent.items():
+        for eid, (doc_uid, date, fields, seq) in self.recent.items():
             if doc_uid != uid:
                 continue
             tokens = fields.get("\0tokens")
@@ -143,7 +148,7 @@ class SearchIndex:
             if q.before_s is not None and int(date) > int(q.before_s) - 1:
                 continue
             if all(matches(c, tokens) != c.negated for c in q.clauses):
-                out.append((date, eid))
+                out.append((date, eid, seq))
         return out
 
     def search_all(self, uid: str, q: SearchQuery, limit: int) -> set[str]:
@@ -154,6 +159,24 @@ class SearchIndex:
         found = {searcher.doc(addr)["eid"][0] for _, addr in hits.hits}
         found.update(eid for _, eid in self._recent_match(uid, q))
         return found
+
+    def search_seqs(self, uid: str, q: SearchQuery, limit: int) -> set[int]:
+        """Like ``search_all`` but the mailbox arrival numbers, read from the fast field."""
+        searcher = self.index.searcher()
+        hits = searcher.search(self._query(uid, q), max(1, limit + self.deletes_pending), order_by_field="seq")
+        found = {seq for seq, _ in hits.hits}
+        found.update(seq for _, _, seq in self._recent_hits(uid, q))
+        return found
+
+    def search_top_seqs(self, uid: str, q: SearchQuery, limit: int) -> tuple[list[int], int]:
+        """The ``limit`` latest arrival numbers that match, newest first, and the match count."""
+        searcher = self.index.searcher()
+        hits = searcher.search(self._query(uid, q), max(1, limit), order_by_field="seq")
+        committed = [seq for seq, _ in hits.hits]
+        recent = [seq for _, _, seq in self._recent_hits(uid, q)]
+        overlap = len(set(committed) & set(recent))
+        merged = sorted(set(committed) | set(recent), reverse=True)[:limit]
+        return merged, hits.count + len(recent) - overlap
 
     def search_top(self, uid: str, q: SearchQuery, limit: int) -> tuple[list[str], int]:
         """The newest ``limit`` matching ids (committed and recent) and how many match in all."""
@@ -181,6 +204,30 @@ def _meta_ok(m: EmailMeta, q: SearchQuery) -> bool:
     )
 
 
+def _folder_page(mb: Mailbox, q: SearchQuery, start: int, end: int) -> tuple[list[EmailMeta], int]:
+    """A folder (optionally only unread or read) newest first, without looking at the rest."""
+    seqs = mb.folders.get(q.folder or "", [])
+    unread = mb.unread_count(q.folder or "")
+    total = len(seqs) if q.unread is None else (unread if q.unread else len(seqs) - unread)
+    out: list[EmailMeta] = []
+    seen = 0
+    for seq in reversed(seqs):
+        meta = mb.emails[mb.by_seq[seq]]
+        if q.unread is not None and meta.unread != q.unread:
+            continue
+        if seen >= start:
+            out.append(meta)
+            if len(out) >= end - start:
+                break
+        seen += 1
+    return out, total
+
+
+def _by_seq(mb: Mailbox, seq: int) -> EmailMeta | None:
+    eid = mb.by_seq.get(seq)
+    return mb.emails.get(eid) if eid is not None else None
+
+
 def search_mailbox(
     index: SearchIndex, mb: Mailbox, q: SearchQuery, page_number: int, page_size: int
 ) -> tuple[list[EmailMeta], int]:
@@ -192,14 +239,16 @@ def search_mailbox(
     """
     end = page_number * page_size
     needs_meta = q.folder is not None or q.unread is not None or q.has_attachment is not None
+    if not q.clauses and q.folder is not None and q.has_attachment is None and q.after_s is None and q.before_s is None:
+        return _folder_page(mb, q, end - page_size, end)
     if not q.clauses:
         metas = [m for m in mb.emails.values() if _meta_ok(m, q)]
     elif needs_meta or index.deletes_pending:
-        ids = index.search_all(mb.uid, q, len(mb.emails))
-        metas = [m for i in ids if (m := mb.emails.get(i)) is not None and _meta_ok(m, q)]
+        seqs = index.search_seqs(mb.uid, q, len(mb.emails))
+        metas = [m for s in seqs if (m := _by_seq(mb, s)) is not None and _meta_ok(m, q)]
     else:
-        ids, total = index.search_top(mb.uid, q, end)
-        metas = [m for i in ids if (m := mb.emails.get(i)) is not None]
+        top, total = index.search_top_seqs(mb.uid, q, end)
+        metas = [m for s in top if (m := _by_seq(mb, s)) is not None]
         metas.sort(key=lambda m: (m.date, m.seq), reverse=True)
         return metas[end - page_size : end], total
     if not q.clauses and not needs_meta and q.after_s is None and q.before_s is None:

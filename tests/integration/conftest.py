@@ -12,6 +12,7 @@ import httpx
 import pytest
 import ray
 import websockets
+from s3server import MotoServer  # noqa: F401 - the tests import it from here too
 
 from cluster.deploy import Deployment
 from raymail import config as config_mod
@@ -89,57 +90,6 @@ def app(ray_cluster, tmp_path_factory):
     a = start_app(tmp_path_factory.mktemp("app"), gateway={"processes": 2})
     yield a
     a.deployment.stop()
-
-
-class MotoServer:
-    """A real S3-compatible HTTP server on loopback (moto's standalone server)."""
-
-    def __init__(self) -> None:
-        import socket
-        import subprocess
-        import sys
-        import time
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        exe = Path(sys.executable).with_name("moto_server")
-        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                httpx.get(self.endpoint, timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("moto_server did not start")
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def options(self) -> dict:
-        return {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}
-
-    def bucket(self, name: str) -> str:
-        import s3fs
-
-        s3fs.S3FileSystem(**self.options).mkdir(name)
-        return f"s3://{name}/raymail"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-@pytest.fixture(scope="session")
-def moto():
-    server = MotoServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module", params=["file", "s3"])

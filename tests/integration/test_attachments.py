@@ -214,20 +214,7 @@ async def test_storage_unavailable_mid_upload_then_retry(ray_cluster, tmp_path):
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "unavailable"
         # The store comes back (empty: moto keeps objects in memory) and a retry works.
-        server.proc = __import__("subprocess").Popen(
-            [str(__import__("pathlib").Path(__import__("sys").executable).with_name("moto_server")),
-             "-H", "127.0.0.1", "-p", str(server.port)],
-            stdout=__import__("subprocess").DEVNULL, stderr=__import__("subprocess").DEVNULL)
-        import asyncio
-
-        import httpx
-
-        for _ in range(100):
-            try:
-                httpx.get(server.endpoint, timeout=1)
-                break
-            except httpx.HTTPError:
-                await asyncio.sleep(0.1)
+        server.restart()
         server.bucket("flaky")
         r = await upload(app, alice["token"], data, ctype="application/zip")
         assert r.status_code == 201

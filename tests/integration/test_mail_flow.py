@@ -138,3 +138,20 @@ async def test_health_docs_metrics(app):
         assert "/v1/emails" in (await c.get("/docs")).text
         m = await c.get("/metrics")
         assert m.status_code == 200 and "raymail_messages_accepted_total" in m.text
+
+
+async def test_idempotency_key_makes_a_retry_safe(app):
+    alice, bob = app.user(), app.user()
+    body = {"subject": "once", "recipients": [bob["email"]], "body": "only once"}
+    async with app.client(alice["token"]) as c:
+        r1 = await c.post("/v1/send", json=body, headers={"Idempotency-Key": "order-42"})
+        r2 = await c.post("/v1/send", json=body, headers={"Idempotency-Key": "order-42"})
+        assert r1.status_code == r2.status_code == 201
+        assert r1.json()["id"] == r2.json()["id"] and r1.json()["message_id"] == r2.json()["message_id"]
+        r3 = await c.post("/v1/send", json=body, headers={"Idempotency-Key": "order-43"})
+        assert r3.json()["id"] != r1.json()["id"]
+        assert (await c.get("/v1/emails", params={"folder": "sent"})).json()["total"] == 2
+        bad = await c.post("/v1/send", json=body, headers={"Idempotency-Key": "x" * 200})
+        assert bad.status_code == 400
+    async with app.client(bob["token"]) as c:
+        assert (await c.get("/v1/emails")).json()["total"] == 2

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 import types
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -31,35 +29,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def moto_s3():
-    """A moto S3 server in a subprocess and one bucket; yields (bucket, storage options)."""
-    exe = Path(sys.executable).parent / "moto_server"
-    assert exe.exists(), f"{exe} is missing: install the dev extras (moto[server])"
-    port = _free_port()
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("moto_server did not start")
-                time.sleep(0.05)
-        import s3fs
-
-        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
-        s3fs.S3FileSystem(**options).mkdir("gc-tests")
-        yield "gc-tests", options
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def moto_s3(moto):
+    """A bucket on the session's S3-compatible server; yields (bucket, storage options)."""
+    moto.bucket("gc-tests")
+    yield "gc-tests", moto.options
 
 
 @pytest.fixture

@@ -55,31 +55,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3_options():
-    exe = Path(sys.executable).with_name("moto_server")
-    assert exe.exists(), f"{exe} is missing: install moto[server]"
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
-    )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        wait_http(endpoint + "/", proc)
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
-        import s3fs
-
-        s3fs.S3FileSystem(**options).mkdir(BUCKET)
-        yield options
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def s3_options(moto):
+    moto.bucket(BUCKET)
+    yield moto.options
 
 
 @pytest.fixture(params=["file", "s3"])

@@ -491,7 +491,9 @@ def email(i: int, body: str, *, folder: str = "inbox", unread: bool = True, atta
 
 def deliver(idx: SearchIndex, mb: Mailbox, m: EmailMeta) -> None:
     assert mb.deliver(m, 0.0).ok
-    idx.add(mb.uid, m.id, m.date, {"from_": "Bob bob@example.com", "subject": m.subject, "body": m.snippet})
+    stored = mb.emails[m.id]  # as the shard indexes it: with its arrival number
+    idx.add(mb.uid, m.id, m.date, {"from_": "Bob bob@example.com", "subject": m.subject, "body": m.snippet},
+            stored.seq)
 
 
 def ids(result) -> tuple[list[str], int]:
