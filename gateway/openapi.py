@@ -70,7 +70,8 @@ SPEC: dict = {
     "security": [{"bearer": []}],
     "paths": {
         "/v1/send": {"post": {
-            "summary": "Send a message",
+            "summary": "Send a message (an Idempotency-Key header makes a retry safe)",
+            "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 128}}],
             "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/SendRequest"}}}},
             "responses": {
                 "201": _resp("On stable storage", {"type": "object", "properties": {
