@@ -150,3 +150,35 @@ async def test_reindex_command(sapp, ray_cluster, tmp_path):
     summary = json.loads(out.stdout)
     assert len(summary["shards"]) == sapp.config.cluster.shards and summary["messages"] >= 2
     assert subjects(await search(sapp, bob["token"], q="bird")) == ["albatross"]
+
+
+async def test_exact_under_concurrent_writes(sapp):
+    alice, bob = sapp.user(), sapp.user()
+
+    async def one(i):
+        r = await send(sapp, alice["token"], bob["email"], f"heron {i}", "a grey heron by the river")
+        return r
+
+    await asyncio.gather(*(one(i) for i in range(30)))
+    ids = [e["id"] for e in (await search(sapp, bob["token"], q="heron", page_size=100))["emails"]]
+    assert len(ids) == 30
+
+    async def change(i, eid):
+        async with sapp.client(bob["token"]) as c:
+            if i % 3 == 0:
+                await c.delete(f"/v1/emails/{eid}")
+            elif i % 3 == 1:
+                await c.patch(f"/v1/emails/{eid}", json={"unread": False})
+
+    async def searches():  # searching while the writes land must never error or overcount
+        for _ in range(10):
+            r = await search(sapp, bob["token"], q="heron", page_size=100)
+            assert r["total"] <= 30 and len(r["emails"]) == r["total"]
+
+    await asyncio.gather(searches(), *(change(i, e) for i, e in enumerate(ids)))
+    assert (await search(sapp, bob["token"], q="heron"))["total"] == 20
+    assert (await search(sapp, bob["token"], q="heron is:unread"))["total"] == 10
+    assert (await search(sapp, bob["token"], q="heron is:read"))["total"] == 10
+    await asyncio.sleep(1.2)  # and the same once the index has committed
+    assert (await search(sapp, bob["token"], q="heron"))["total"] == 20
+    assert (await search(sapp, bob["token"], q="heron is:unread"))["total"] == 10
