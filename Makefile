@@ -34,6 +34,9 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/send_throughput.py
 	$(BIN)/python bench/push_latency.py
 	$(BIN)/python bench/ws_idle.py
+	$(BIN)/python bench/attachments.py
+	$(BIN)/python bench/search_live.py
+	$(BIN)/python bench/search.py
 
 clean:
 	rm -rf $(VENV) var
