@@ -69,6 +69,7 @@ class Deployment:
     gateways: list[Any] = field(default_factory=list)
     catalog: Any = None
     port: int = 0
+    smtp_port: int = 0
 
     def start(self) -> Deployment:
         cfg = self.config
@@ -90,8 +91,9 @@ class Deployment:
         snames = [shard_name(i) for i in range(cfg.cluster.shards)]
         # A fixed port for every gateway, also across restarts: resolve 0 once, here.
         self.port = cfg.server.http_port or _free_port(cfg.server.bind)
+        self.smtp_port = cfg.server.smtp_port or _free_port(cfg.server.bind)
         self.gateways = [
-            gw_cls.options(**_options(cfg, names[i])).remote(cfg, i, snames, self.port)
+            gw_cls.options(**_options(cfg, names[i])).remote(cfg, i, snames, self.port, self.smtp_port)
             for i in range(cfg.gateway.processes)
         ]
         ray.get([g.ready.remote() for g in self.gateways])

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from typing import Any
 
 import uvicorn
 
@@ -59,7 +60,7 @@ class Gateway:
     the actor, so a gateway that Ray restarts serves again on its own.
     """
 
-    def __init__(self, config: Config, index: int, shard_names: list[str], port: int) -> None:
+    def __init__(self, config: Config, index: int, shard_names: list[str], port: int, smtp_port: int = 0) -> None:
         import ray
 
         self.config = config
@@ -81,6 +82,8 @@ class Gateway:
         )
         self.sock = reuseport_socket(config.server.bind, port, g.socket_send_buffer_bytes)
         self.port = self.sock.getsockname()[1]
+        self.smtp_sock = reuseport_socket(config.server.bind, smtp_port) if smtp_port else None
+        self._smtp_server: Any = None
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
         # An async actor's __init__ runs on its event loop: serve at once, also
@@ -107,7 +110,16 @@ class Gateway:
         )
         self._server = _Server(cfg)
         self._task = asyncio.ensure_future(self._server.serve(sockets=[self.sock]))
+        if self.smtp_sock is not None:
+            asyncio.ensure_future(self._start_smtp())
         log.info("%s serving on %s:%d (pid %d)", self.name, self.config.server.bind, self.port, os.getpid())
+
+    async def _start_smtp(self) -> None:
+        from gateway.smtp import mx_factory
+
+        loop = asyncio.get_running_loop()
+        self._smtp_server = await loop.create_server(mx_factory(self.svc), sock=self.smtp_sock)
+        log.info("%s: SMTP MX on %s:%d", self.name, self.config.server.bind, self.smtp_sock.getsockname()[1])
 
     async def ready(self) -> dict:
         self._ensure_started()
@@ -115,7 +127,13 @@ class Gateway:
             if self._server is not None and self._server.started:
                 break
             await asyncio.sleep(0.01)
-        return {"name": self.name, "port": self.port, "pid": os.getpid(), "started": bool(self._server and self._server.started)}
+        for _ in range(200):
+            if self.smtp_sock is None or self._smtp_server is not None:
+                break
+            await asyncio.sleep(0.01)
+        return {"name": self.name, "port": self.port, "pid": os.getpid(),
+                "started": bool(self._server and self._server.started),
+                "smtp_port": self.smtp_sock.getsockname()[1] if self.smtp_sock else None}
 
     def push(self, encoded: bytes) -> int:
         """Events from a mailbox shard: codec-encoded ``[(uid, event dict), ...]``."""
@@ -142,6 +160,8 @@ class Gateway:
         }
 
     async def stop(self) -> None:
+        if self._smtp_server is not None:
+            self._smtp_server.close()
         if self._server is not None:
             self._server.should_exit = True
             if self._task is not None:

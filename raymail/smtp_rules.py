@@ -1,0 +1,48 @@
+"""SMTP intake decisions without I/O: recipients, line endings, trace headers.
+
+The aiosmtpd handler (``gateway/smtp.py``) only moves bytes and asks these
+functions; each answer is a full reply line (RFC 5321 section 4.2, enhanced
+status codes from RFC 3463).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from email.utils import formatdate
+
+from raymail import addresses
+
+OK = "250 2.1.5 OK"
+UNKNOWN_USER = "550 5.1.1 No such user here"
+RELAY_DENIED = "554 5.7.1 Relaying denied: this server accepts mail for its own domains only"
+BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
+BARE_LINE_ENDING = "550 5.6.11 Message refused: bare CR or LF in the message (lines must end with CRLF)"
+
+
+def rcpt_reply(address: str, is_local_domain: Callable[[str], bool], user_exists: Callable[[str], bool]) -> str:
+    """The reply to ``RCPT TO:<address>`` on the MX."""
+    try:
+        addr = addresses.parse_addr_spec(address)
+    except addresses.AddressError:
+        return BAD_ADDRESS
+    if not is_local_domain(addresses.domain_of(addr)):
+        return RELAY_DENIED
+    return OK if user_exists(addr) else UNKNOWN_USER
+
+
+def bare_line_ending(data: bytes) -> bool:
+    """True when a CR or LF appears other than as CRLF (the SMTP smuggling vector)."""
+    return data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n")
+
+
+def trace_headers(*, mail_from: str, helo: str, peer_ip: str, hostname: str, queue_id: str, recipient: str | None,
+                  now_s: float, tls: bool = False) -> bytes:
+    """Return-Path and Received (RFC 5321 section 4.4), prepended to the original bytes."""
+    proto = "ESMTPS" if tls else "ESMTP"
+    helo = "".join(c for c in helo if c.isprintable() and c not in "()")[:100] or "unknown"
+    rcpt = f"\r\n\tfor <{recipient}>" if recipient else ""
+    return (
+        f"Return-Path: <{mail_from}>\r\n"
+        f"Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} (raymail) with {proto} id {queue_id}{rcpt};\r\n"
+        f"\t{formatdate(now_s)}\r\n"
+    ).encode("ascii", "replace")

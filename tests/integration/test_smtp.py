@@ -1,0 +1,115 @@
+"""The SMTP MX: real SMTP clients (Python's smtplib over real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+
+import pytest
+from helpers import recv_json
+
+
+def mx(app) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", app.deployment.smtp_port, timeout=10)
+
+
+def raw_message(to: str, subject: str, body: str = "hello over smtp") -> bytes:
+    return (f"From: Zed <zed@elsewhere.test>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{subject.replace(' ', '-')}@elsewhere.test>\r\n\r\n{body}\r\n").encode()
+
+
+async def test_mx_delivers_to_local_users_and_pushes(app):
+    bob, carol = app.user(), app.user()
+    async with app.ws(bob["token"]) as ws:
+        await recv_json(ws)
+        with mx(app) as s:
+            code, caps = s.ehlo("client.elsewhere.test")
+            assert code == 250 and b"SIZE" in caps
+            refused = s.sendmail("zed@elsewhere.test", [bob["email"], carol["email"]],
+                                 raw_message(bob["email"], "via mx"))
+            assert refused == {}
+        push = await recv_json(ws)
+        assert push["type"] == "email.new" and push["email"]["subject"] == "via mx"
+        assert push["email"]["from"] == {"name": "Zed", "email": "zed@elsewhere.test"}
+    for user in (bob, carol):
+        async with app.client(user["token"]) as c:
+            page = (await c.get("/v1/emails")).json()
+            assert page["total"] == 1
+            raw = (await c.get(f"/v1/emails/{page['emails'][0]['id']}/raw")).content
+            assert raw.startswith(b"Return-Path: <zed@elsewhere.test>\r\nReceived: from client.elsewhere.test")
+            assert raw.endswith(raw_message(bob["email"], "via mx"))  # the original bytes, kept
+            assert (await c.get("/v1/search", params={"q": "smtp"})).json()["total"] == 1
+
+
+@pytest.mark.parametrize(
+    "rcpt, code, text",
+    [("nobody-at-all@example.test", 550, b"5.1.1"), ("someone@elsewhere.test", 554, b"5.7.1"),
+     ("not an address", 501, b"5.1.3")],
+)
+async def test_rcpt_refusals(app, rcpt, code, text):
+    with mx(app) as s:
+        s.ehlo("client.test")
+        s.mail("zed@elsewhere.test")
+        got, msg = s.rcpt(rcpt)
+        assert got == code and text in msg
+
+
+def _session(app, data: bytes, rcpt: str) -> bytes:
+    """A hand-driven SMTP session: returns the server's reply to the end of DATA."""
+    with socket.create_connection(("127.0.0.1", app.deployment.smtp_port), timeout=10) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        for line in (b"EHLO client.test\r\n", b"MAIL FROM:<zed@elsewhere.test>\r\n", f"RCPT TO:<{rcpt}>\r\n".encode(),
+                     b"DATA\r\n"):
+            sock.sendall(line)
+            while True:
+                reply = f.readline()
+                if reply[3:4] != b"-":
+                    break
+        sock.sendall(data)
+        return f.readline()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"Subject: a\r\n\r\nline one\nline two\r\n.\r\n",  # bare LF
+     b"Subject: a\r\n\r\nline one\rline two\r\n.\r\n",  # bare CR
+     b"Subject: a\r\n\r\nhi\n.\r\nMAIL FROM:<x@y.test>\r\n.\r\n",  # \n.\r\n smuggling
+     b"Subject: a\r\n\r\nhi\r.\r\nRCPT TO:<x@y.test>\r\n.\r\n"],  # \r.\r\n smuggling
+)
+async def test_bare_line_endings_are_refused_and_nothing_is_smuggled(app, data):
+    bob = app.user()
+    reply = await asyncio.to_thread(_session, app, data, bob["email"])
+    assert reply.startswith(b"550 5.6.11"), reply
+    async with app.client(bob["token"]) as c:
+        assert (await c.get("/v1/emails")).json()["total"] == 0
+
+
+async def test_oversized_message_refused(ray_cluster, tmp_path):
+    from conftest import start_app
+
+    small = start_app(tmp_path, limits={"max_message_bytes": 5000})
+    try:
+        bob = small.user()
+        with smtplib.SMTP("127.0.0.1", small.deployment.smtp_port, timeout=10) as s:
+            s.ehlo("client.test")
+            assert s.has_extn("size") and s.esmtp_features["size"] == "5000"
+            with pytest.raises(smtplib.SMTPSenderRefused) as info:
+                s.sendmail("zed@elsewhere.test", [bob["email"]], raw_message(bob["email"], "big", "x" * 6000),
+                           mail_options=["SIZE=7000"])
+            assert info.value.smtp_code == 552
+        with smtplib.SMTP("127.0.0.1", small.deployment.smtp_port, timeout=10) as s:
+            s.ehlo("client.test")
+            s.mail("zed@elsewhere.test")  # no SIZE given: refused when DATA runs past the limit
+            assert s.rcpt(bob["email"])[0] == 250
+            code, _ = s.data(raw_message(bob["email"], "big", "\r\n".join(["x" * 70] * 100)))
+            assert code == 552
+            s.mail("zed@elsewhere.test")
+            assert s.rcpt(bob["email"])[0] == 250
+            code, _ = s.data(raw_message(bob["email"], "long", "y" * 1200))
+            assert code == 500  # a line over 1,000 characters (RFC 5321 4.5.3.1.6)
+        async with small.client(bob["token"]) as c:
+            assert (await c.get("/v1/emails")).json()["total"] == 0
+    finally:
+        small.deployment.stop()
