@@ -27,7 +27,7 @@ def start(shards: int = 2, gateways: int = 1, **sections):
 
     data = Path(tempfile.mkdtemp(prefix="raymail-bench-"))
     raw = {
-        "server": {"data_dir": str(data), "http_port": 0, "smtp_port": 0},
+        "server": {"data_dir": str(data), "http_port": 0, "smtp_port": 0, "submission_port": 0},
         "cluster": {"namespace": f"bench-{uuid.uuid4().hex[:6]}", "shards": shards, "dashboard": False},
         "gateway": {"processes": gateways},
         "limits": {"send_rate_per_s": 1e6, "send_burst": 1_000_000},

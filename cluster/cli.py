@@ -39,7 +39,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"raymail is up (data in {cfg.data_path})", flush=True)
     print(f"  HTTP API      {base}/v1/  (docs: {base}/docs)", flush=True)
     print(f"  WebSocket     ws://{host}:{dep.port}/v1/connect", flush=True)
-    print(f"  SMTP MX       {host}:{dep.smtp_port}", flush=True)
+    print(f"  SMTP MX       {host}:{dep.smtp_port}   submission {host}:{dep.submission_port} (STARTTLS + AUTH)",
+          flush=True)
     if not cfg.cluster.address and cfg.cluster.dashboard:
         print(f"  Ray dashboard http://127.0.0.1:{cfg.cluster.dashboard_port}", flush=True)
     print(f"  create a user: raymail user add alice@example.test --data-dir {cfg.data_path}", flush=True)

@@ -14,6 +14,7 @@ from actors.catalog import CatalogWriter
 from actors.mailbox_shard import CATALOG_NAME, MailboxShard
 from gateway.server import Gateway
 from raymail.config import Config
+from raymail.store.tls import ensure_certificate
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,16 @@ class Deployment:
     catalog: Any = None
     port: int = 0
     smtp_port: int = 0
+    submission_port: int = 0
 
     def start(self) -> Deployment:
         cfg = self.config
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         names = [gateway_name(i) for i in range(cfg.gateway.processes)]
+        if not cfg.server.tls_cert_file:
+            # Made once, here, before any gateway process needs it for STARTTLS.
+            ensure_certificate(cfg.data_path, cfg.server.hostname)
         # The storage catalog first: shards look it up by name when they commit.
         self.catalog = ray.remote(CatalogWriter).options(**_options(cfg, CATALOG_NAME)).remote(cfg)
         ray.get(self.catalog.ready.remote())
@@ -92,8 +97,10 @@ class Deployment:
         # A fixed port for every gateway, also across restarts: resolve 0 once, here.
         self.port = cfg.server.http_port or _free_port(cfg.server.bind)
         self.smtp_port = cfg.server.smtp_port or _free_port(cfg.server.bind)
+        self.submission_port = cfg.server.submission_port or _free_port(cfg.server.bind)
         self.gateways = [
-            gw_cls.options(**_options(cfg, names[i])).remote(cfg, i, snames, self.port, self.smtp_port)
+            gw_cls.options(**_options(cfg, names[i])).remote(cfg, i, snames, self.port, self.smtp_port,
+                                                             self.submission_port)
             for i in range(cfg.gateway.processes)
         ]
         ray.get([g.ready.remote() for g in self.gateways])

@@ -60,7 +60,8 @@ class Gateway:
     the actor, so a gateway that Ray restarts serves again on its own.
     """
 
-    def __init__(self, config: Config, index: int, shard_names: list[str], port: int, smtp_port: int = 0) -> None:
+    def __init__(self, config: Config, index: int, shard_names: list[str], port: int, smtp_port: int = 0,
+                 submission_port: int = 0) -> None:
         import ray
 
         self.config = config
@@ -83,7 +84,9 @@ class Gateway:
         self.sock = reuseport_socket(config.server.bind, port, g.socket_send_buffer_bytes)
         self.port = self.sock.getsockname()[1]
         self.smtp_sock = reuseport_socket(config.server.bind, smtp_port) if smtp_port else None
+        self.submission_sock = reuseport_socket(config.server.bind, submission_port) if submission_port else None
         self._smtp_server: Any = None
+        self._submission_server: Any = None
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
         # An async actor's __init__ runs on its event loop: serve at once, also
@@ -115,9 +118,19 @@ class Gateway:
         log.info("%s serving on %s:%d (pid %d)", self.name, self.config.server.bind, self.port, os.getpid())
 
     async def _start_smtp(self) -> None:
-        from gateway.smtp import mx_factory
+        try:
+            await self._start_smtp_listeners()
+        except Exception:
+            log.exception("%s: the SMTP listeners did not start", self.name)
+            raise
+
+    async def _start_smtp_listeners(self) -> None:
+        from gateway.smtp import mx_factory, submission_factory
 
         loop = asyncio.get_running_loop()
+        if self.submission_sock is not None:
+            self._submission_server = await loop.create_server(submission_factory(self.svc),
+                                                               sock=self.submission_sock)
         self._smtp_server = await loop.create_server(mx_factory(self.svc), sock=self.smtp_sock)
         log.info("%s: SMTP MX on %s:%d", self.name, self.config.server.bind, self.smtp_sock.getsockname()[1])
 
@@ -133,7 +146,8 @@ class Gateway:
             await asyncio.sleep(0.01)
         return {"name": self.name, "port": self.port, "pid": os.getpid(),
                 "started": bool(self._server and self._server.started),
-                "smtp_port": self.smtp_sock.getsockname()[1] if self.smtp_sock else None}
+                "smtp_port": self.smtp_sock.getsockname()[1] if self.smtp_sock else None,
+                "submission_port": self.submission_sock.getsockname()[1] if self.submission_sock else None}
 
     def push(self, encoded: bytes) -> int:
         """Events from a mailbox shard: codec-encoded ``[(uid, event dict), ...]``."""
@@ -160,8 +174,9 @@ class Gateway:
         }
 
     async def stop(self) -> None:
-        if self._smtp_server is not None:
-            self._smtp_server.close()
+        for srv in (self._smtp_server, self._submission_server):
+            if srv is not None:
+                srv.close()
         if self._server is not None:
             self._server.should_exit = True
             if self._task is not None:

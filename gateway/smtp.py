@@ -9,11 +9,13 @@ failure answers 451 and the sender retries.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway import intake
 from gateway.app import search_text
@@ -21,6 +23,8 @@ from gateway.services import Services
 from raymail import addresses, smtp_rules
 from raymail.errors import ApiError, StorageError
 from raymail.model import Deliver
+from raymail.ratelimit import TokenBuckets
+from raymail.store.tls import ensure_certificate, server_context
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +58,130 @@ class MxHandler:
                 users.append((rcpt, user))
         if not users:
             return "554 5.5.1 No valid recipients"
-        queue_id = uuid.uuid4().hex[:16]
-        now = time.time()
-        trace = smtp_rules.trace_headers(
-            mail_from=envelope.mail_from or "", helo=session.host_name or "", peer_ip=str(session.peer[0]),
-            hostname=self.svc.config.server.hostname, queue_id=queue_id,
-            recipient=users[0][0] if len(users) == 1 else None, now_s=now, tls=bool(session.ssl),
-        )
-        try:
-            stored = await intake.store_raw(self.svc, trace + raw)
-            text = search_text(stored.parsed.text, stored.parsed.html)
-            ops = [Deliver(u.uid, intake.meta_for(stored, u.uid, "inbox", unread=True, received_s=now), now, text)
-                   for _, u in users]
-            results = await self.svc.router.apply(ops)
-        except (StorageError, ApiError) as exc:
-            log.warning("mx %s: not stored: %s", queue_id, exc)
-            return "451 4.3.0 Temporary storage failure; please retry"
-        if not all(r.ok for r in results):
-            return "451 4.3.0 Temporary failure; please retry"
-        self.svc.metrics.accepted(len(users))
-        log.info("mx %s: accepted from <%s> for %d recipient(s), %d bytes", queue_id, envelope.mail_from,
-                 len(users), len(raw))
-        return f"250 2.0.0 OK queued as {queue_id}"
+        targets = [(u.uid, "inbox", True) for _, u in users]
+        return await store_and_deliver(self.svc, session, envelope, raw, targets,
+                                       users[0][0] if len(users) == 1 else None, "mx")
+
+
+async def store_and_deliver(svc: Services, session: Session, envelope: Envelope, raw: bytes,
+                            targets: list[tuple[str, str, bool]], recipient: str | None, kind: str) -> str:
+    """Store the message once (trace headers + original bytes) and put it in every
+    (uid, folder, unread) target; the reply says whether it is on stable storage."""
+    queue_id = uuid.uuid4().hex[:16]
+    now = time.time()
+    trace = smtp_rules.trace_headers(
+        mail_from=envelope.mail_from or "", helo=session.host_name or "", peer_ip=str(session.peer[0]),
+        hostname=svc.config.server.hostname, queue_id=queue_id, recipient=recipient, now_s=now,
+        tls=bool(session.ssl),
+    )
+    try:
+        stored = await intake.store_raw(svc, trace + raw)
+        text = search_text(stored.parsed.text, stored.parsed.html)
+        ops = [Deliver(uid, intake.meta_for(stored, uid, folder, unread=unread, received_s=now), now, text)
+               for uid, folder, unread in targets]
+        results = await svc.router.apply(ops)
+    except (StorageError, ApiError) as exc:
+        log.warning("%s %s: not stored: %s", kind, queue_id, exc)
+        return "451 4.3.0 Temporary storage failure; please retry"
+    if not all(r.ok for r in results):
+        return "451 4.3.0 Temporary failure; please retry"
+    svc.metrics.accepted(len(targets))
+    log.info("%s %s: accepted from <%s> for %d mailbox(es), %d bytes", kind, queue_id, envelope.mail_from,
+             len(targets), len(raw))
+    return f"250 2.0.0 OK queued as {queue_id}"
+
+
+class SubmissionHandler:
+    """Authenticated clients (Thunderbird, swaks): only after STARTTLS, only as themselves."""
+
+    def __init__(self, svc: Services, lockout: TokenBuckets) -> None:
+        self.svc = svc
+        self.lockout = lockout
+
+    def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                     auth_data: Any) -> AuthResult:
+        ip = str(session.peer[0])
+        if self.lockout.exhausted(ip, time.monotonic()):
+            return AuthResult(success=False, handled=False, message=smtp_rules.LOCKED_OUT)
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode("utf-8", "replace")
+        user = self.svc.user_for_token(auth_data.password.decode("utf-8", "replace"))
+        if user is None or user.email.lower() != login.strip().lower():
+            self.lockout.take(ip, time.monotonic())  # one failure spent
+            self.svc.metrics.error("smtp_auth_failed")
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=user)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        user = session.auth_data
+        if user is None or address.strip().lower() != user.email.lower():
+            return smtp_rules.NOT_YOUR_ADDRESS
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.svc.config.limits.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        reply = smtp_rules.submission_rcpt_reply(address, self.svc.directory.is_local_domain,
+                                                 lambda a: self.svc.user_for_email(a) is not None)
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(addresses.parse_addr_spec(address))
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw: bytes = envelope.original_content or b""
+        if smtp_rules.bare_line_ending(raw):
+            return smtp_rules.BARE_LINE_ENDING
+        user = session.auth_data
+        if smtp_rules.header_from_address(raw) != user.email.lower():
+            return "553 5.7.1 The From header must be your own address"
+        wait_s = self.svc.send_limiter.take(user.uid, time.monotonic())
+        if wait_s > 0:
+            return f"451 4.7.1 Sending too fast; retry in {wait_s:.0f} s"
+        targets = [(user.uid, "sent", False)]
+        for rcpt in dict.fromkeys(envelope.rcpt_tos):
+            r = self.svc.user_for_email(rcpt)
+            if r is not None:
+                targets.append((r.uid, "inbox", True))
+        return await store_and_deliver(self.svc, session, envelope, raw, targets, None, "submission")
+
+
+def tls_context(svc: Services) -> ssl.SSLContext:
+    server = svc.config.server
+    if server.tls_cert_file:
+        return server_context(Path(server.tls_cert_file), Path(server.tls_key_file or server.tls_cert_file))
+    return server_context(*ensure_certificate(svc.config.data_path, server.hostname))
 
 
 def mx_factory(svc: Services) -> Any:
+    """The MX: anyone may deliver to local users; STARTTLS offered, not required."""
     handler = MxHandler(svc)
     limits = svc.config.limits
+    ctx = tls_context(svc)
 
     def make() -> SMTP:
         return SMTP(handler, hostname=svc.config.server.hostname, ident="raymail ESMTP",
                     data_size_limit=limits.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
-                    timeout=300)
+                    timeout=300, tls_context=ctx)
+
+    return make
+
+
+def submission_factory(svc: Services) -> Any:
+    """Submission: STARTTLS first, then AUTH PLAIN/LOGIN (email + token), then mail."""
+    lockout = TokenBuckets(rate_per_s=1 / 60, burst=5)  # 5 failures, then one more a minute, per IP
+    handler = SubmissionHandler(svc, lockout)
+    limits = svc.config.limits
+    ctx = tls_context(svc)
+
+    def make() -> SMTP:
+        return SMTP(handler, hostname=svc.config.server.hostname, ident="raymail ESMTP submission",
+                    data_size_limit=limits.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
+                    timeout=300, tls_context=ctx, require_starttls=True, auth_required=True,
+                    auth_require_tls=True, authenticator=handler.authenticate)
 
     return make

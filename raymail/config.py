@@ -26,6 +26,8 @@ class ServerConfig:
     http_port: int = 8080
     smtp_port: int = 2525
     submission_port: int = 2587
+    tls_cert_file: str = ""  # empty: a self-signed certificate made under <data_dir>/tls
+    tls_key_file: str = ""
 
 
 @dataclass(frozen=True)

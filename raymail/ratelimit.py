@@ -34,6 +34,13 @@ class TokenBuckets:
             return 0.0
         return (cost - b.tokens) / self.rate_per_s
 
+    def exhausted(self, key: str, now_s: float) -> bool:
+        """True when ``key`` has less than one token left (without taking any)."""
+        b = self._buckets.get(key)
+        if b is None:
+            return False
+        return min(float(self.burst), b.tokens + (now_s - b.updated_s) * self.rate_per_s) < 1.0
+
     def _evict_full(self, now_s: float) -> None:
         # A bucket that has refilled completely carries no information.
         full_after_s = self.burst / self.rate_per_s

@@ -46,3 +46,28 @@ def trace_headers(*, mail_from: str, helo: str, peer_ip: str, hostname: str, que
         f"Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} (raymail) with {proto} id {queue_id}{rcpt};\r\n"
         f"\t{formatdate(now_s)}\r\n"
     ).encode("ascii", "replace")
+
+
+NOT_YOUR_ADDRESS = "553 5.7.1 Sender address rejected: you may send only as your own address"
+OUTBOUND_NOT_ENABLED = "550 5.7.1 Delivery to other domains is not enabled on this server yet"
+LOCKED_OUT = "454 4.7.0 Too many failed authentications from your address; try again later"
+
+
+def submission_rcpt_reply(address: str, is_local_domain: Callable[[str], bool],
+                          user_exists: Callable[[str], bool]) -> str:
+    """The reply to ``RCPT TO`` on the submission port (authenticated senders)."""
+    reply = rcpt_reply(address, is_local_domain, user_exists)
+    return OUTBOUND_NOT_ENABLED if reply == RELAY_DENIED else reply
+
+
+def header_from_address(raw: bytes) -> str | None:
+    """The address in the message's From header (None when absent or unreadable)."""
+    from email.parser import BytesHeaderParser
+    from email.utils import getaddresses
+
+    try:
+        headers = BytesHeaderParser().parsebytes(raw)
+        found = getaddresses(headers.get_all("From", []))
+    except Exception:  # noqa: BLE001 - a broken header is just "no From"
+        return None
+    return found[0][1].lower() if len(found) == 1 and found[0][1] else None

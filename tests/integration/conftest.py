@@ -61,7 +61,7 @@ class App:
 
 def make_config(tmp: Path, **sections) -> config_mod.Config:
     raw = {
-        "server": {"data_dir": str(tmp), "http_port": 0, "smtp_port": 0},
+        "server": {"data_dir": str(tmp), "http_port": 0, "smtp_port": 0, "submission_port": 0},
         "cluster": {"namespace": f"rm-{uuid.uuid4().hex[:8]}", "shards": 2},
         "gateway": {"processes": 1},
         "limits": {"send_rate_per_s": 1000.0, "send_burst": 5000},

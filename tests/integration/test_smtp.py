@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
+import ssl
 
 import pytest
 from helpers import recv_json
@@ -113,3 +114,103 @@ async def test_oversized_message_refused(ray_cluster, tmp_path):
             assert (await c.get("/v1/emails")).json()["total"] == 0
     finally:
         small.deployment.stop()
+
+
+def _tls() -> ssl.SSLContext:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed on first start
+    return ctx
+
+
+def submission(app) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", app.deployment.submission_port, timeout=10)
+
+
+async def test_mx_offers_starttls(app):
+    bob = app.user()
+    with mx(app) as s:
+        s.ehlo("client.test")
+        assert s.has_extn("starttls")
+        s.starttls(context=_tls())
+        s.ehlo("client.test")
+        assert s.sendmail("zed@elsewhere.test", [bob["email"]], raw_message(bob["email"], "over tls")) == {}
+    async with app.client(bob["token"]) as c:
+        eid = (await c.get("/v1/emails")).json()["emails"][0]["id"]
+        assert b"with ESMTPS" in (await c.get(f"/v1/emails/{eid}/raw")).content
+
+
+async def test_submission_sends_as_the_user(app):
+    alice, bob = app.user(), app.user()
+    msg = (f"From: Alice <{alice['email']}>\r\nTo: {bob['email']}\r\nSubject: from my mail client\r\n"
+           f"Message-ID: <client-1@example.test>\r\n\r\nsent with smtplib\r\n").encode()
+    with submission(app) as s:
+        s.ehlo("laptop")
+        s.starttls(context=_tls())
+        s.ehlo("laptop")
+        s.login(alice["email"], alice["token"])
+        assert s.sendmail(alice["email"], [bob["email"]], msg) == {}
+    async with app.client(bob["token"]) as c:
+        assert (await c.get("/v1/emails")).json()["emails"][0]["subject"] == "from my mail client"
+    async with app.client(alice["token"]) as c:
+        sent = (await c.get("/v1/emails", params={"folder": "sent"})).json()
+        assert sent["total"] == 1 and sent["emails"][0]["unread"] is False
+
+
+async def test_submission_refusals(app):
+    alice, bob = app.user(), app.user()
+    with submission(app) as s:  # AUTH before STARTTLS
+        s.ehlo("laptop")
+        code, _ = s.docmd("AUTH", "PLAIN AGFAYg==")
+        assert code == 530
+        code, _ = s.docmd("MAIL", f"FROM:<{alice['email']}>")
+        assert code == 530
+    with submission(app) as s:
+        s.ehlo("laptop")
+        s.starttls(context=_tls())
+        s.ehlo("laptop")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+            s.login(alice["email"], "rm_wrong")
+        assert info.value.smtp_code == 535
+        s.login(alice["email"], alice["token"])
+        code, _ = s.mail(bob["email"])  # as somebody else
+        assert code == 553
+        assert s.mail(alice["email"])[0] == 250
+        assert s.rcpt("someone@elsewhere.test")[0] == 550  # no outbound delivery yet
+        assert s.rcpt(bob["email"])[0] == 250
+        forged = (f"From: {bob['email']}\r\nTo: {bob['email']}\r\nSubject: forged\r\n\r\nx\r\n").encode()
+        code, _ = s.data(forged)
+        assert code == 553
+    async with app.client(bob["token"]) as c:
+        assert (await c.get("/v1/emails")).json()["total"] == 0
+
+
+async def test_auth_lockout_after_repeated_failures(ray_cluster, tmp_path):
+    from conftest import start_app
+
+    app = start_app(tmp_path)  # its own gateway: the lockout is per client address, all tests share 127.0.0.1
+    alice = app.user()
+    try:
+        await asyncio.to_thread(_lockout, app, alice)
+    finally:
+        app.deployment.stop()
+
+
+def _lockout(app, alice) -> None:
+    def plain(s: smtplib.SMTP, password: str) -> int:  # one AUTH attempt (login() would try two mechanisms)
+        s.user, s.password = alice["email"], password
+        try:
+            s.auth("PLAIN", s.auth_plain)
+            return 235
+        except smtplib.SMTPAuthenticationError as exc:
+            return exc.smtp_code
+
+    with submission(app) as s:
+        s.ehlo("laptop")
+        s.starttls(context=_tls())
+        s.ehlo("laptop")
+        codes = [plain(s, "rm_wrong") for _ in range(6)]
+        assert codes == [535] * 5 + [454]
+        assert plain(s, alice["token"]) == 454  # even the right token, for a while
