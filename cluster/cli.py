@@ -99,6 +99,19 @@ def cmd_storage_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join(cfg: config_mod.Config) -> bool:
+    """Join the running Ray cluster of this raymail; says why on stderr when it cannot."""
+    import ray
+
+    try:
+        ray.init(address=cfg.cluster.address or "auto", namespace=cfg.cluster.namespace,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError) as exc:
+        print(f"raymail: cannot join the Ray cluster: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_storage_gc(args: argparse.Namespace) -> int:
     cfg = _load(args)
     import ray
@@ -112,11 +125,7 @@ def cmd_storage_gc(args: argparse.Namespace) -> int:
     if args.grace_s < 0:
         print(f"raymail: --grace-s must not be negative, got {args.grace_s}", file=sys.stderr)
         return 2
-    try:
-        ray.init(address=cfg.cluster.address or "auto", namespace=cfg.cluster.namespace,
-                 logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError) as exc:
-        print(f"raymail: cannot join the Ray cluster: {exc}", file=sys.stderr)
+    if not _join(cfg):
         return 1
     try:
         store = BlobStore(cfg.storage_url, cfg.storage.options)
@@ -142,11 +151,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     cfg = _load(args)
     import ray
 
-    try:
-        ray.init(address=cfg.cluster.address or "auto", namespace=cfg.cluster.namespace,
-                 logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError) as exc:
-        print(f"raymail: cannot join the Ray cluster: {exc}", file=sys.stderr)
+    if not _join(cfg):
         return 1
     try:
         shards = [ray.get_actor(f"shard-{i}", namespace=cfg.cluster.namespace) for i in range(cfg.cluster.shards)]

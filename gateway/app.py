@@ -66,7 +66,8 @@ def authenticate(svc: Services, request: Request) -> User:
     return user
 
 
-async def read_json(request: Request, limit_bytes: int) -> object:
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The whole request body; 413 as soon as it is known to be over ``limit_bytes``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
         raise PayloadTooLarge(f"the request body is over {limit_bytes} bytes")
@@ -76,8 +77,13 @@ async def read_json(request: Request, limit_bytes: int) -> object:
         if size > limit_bytes:
             raise PayloadTooLarge(f"the request body is over {limit_bytes} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit_bytes: int) -> object:
+    body = await read_body(request, limit_bytes)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
 
@@ -292,14 +298,7 @@ class Api:
         folder = request.query_params.get("folder", "inbox")
         if folder not in FOLDERS:
             raise Unprocessable(f"folder must be one of {', '.join(sorted(FOLDERS))}", code="invalid_query")
-        limit = self.svc.config.limits.max_message_bytes
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the message is over {limit} bytes")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
+        raw = await read_body(request, self.svc.config.limits.max_message_bytes)
         if not raw.strip():
             raise Unprocessable("the message is empty", code="empty_message")
         try:
