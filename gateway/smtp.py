@@ -30,8 +30,24 @@ log = logging.getLogger(__name__)
 
 
 class MxHandler:
+    """Mail from the world for local users. Per client address, messages are rate
+    limited (``[limits] mx_messages_per_minute``): past it, 450 4.7.0 and the
+    sending server retries later."""
+
     def __init__(self, svc: Services) -> None:
         self.svc = svc
+        per_min = svc.config.limits.mx_messages_per_minute
+        self.per_ip = TokenBuckets(rate_per_s=per_min / 60, burst=per_min)
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        wait_s = self.per_ip.take(str(session.peer[0]), time.monotonic())
+        if wait_s > 0:
+            self.svc.metrics.error("smtp_rate_limited")
+            return f"450 4.7.0 Too many messages from your address; retry in {max(1, int(wait_s))} s"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:

@@ -46,6 +46,7 @@ class LimitsConfig:
     default_page_size: int = 50
     send_rate_per_s: float = 20.0
     send_burst: int = 200
+    mx_messages_per_minute: int = 600  # per client IP on the MX; 450 past it
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,7 @@ def validate(cfg: Config) -> None:
     if cfg.storage.url and "://" not in cfg.storage.url:
         raise ConfigError(f"[storage] url must look like file:///path or s3://bucket/prefix, got {cfg.storage.url!r}")
     lim = cfg.limits
-    for key in ("max_message_bytes", "max_attachment_bytes", "max_recipients", "max_subject_chars", "max_page_size", "default_page_size", "send_burst"):
+    for key in ("max_message_bytes", "max_attachment_bytes", "max_recipients", "max_subject_chars", "max_page_size", "default_page_size", "send_burst", "mx_messages_per_minute"):
         _positive("limits", key, getattr(lim, key))
     _positive("limits", "send_rate_per_s", lim.send_rate_per_s)
     if lim.default_page_size > lim.max_page_size:

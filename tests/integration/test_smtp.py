@@ -214,3 +214,29 @@ def _lockout(app, alice) -> None:
         codes = [plain(s, "rm_wrong") for _ in range(6)]
         assert codes == [535] * 5 + [454]
         assert plain(s, alice["token"]) == 454  # even the right token, for a while
+
+
+async def test_mx_rate_limit_per_client_address(ray_cluster, tmp_path):
+    from conftest import start_app
+
+    app = start_app(tmp_path, limits={"mx_messages_per_minute": 3})
+    try:
+        bob = app.user()
+
+        def run() -> list[int]:
+            codes = []
+            with smtplib.SMTP("127.0.0.1", app.deployment.smtp_port, timeout=10) as s:
+                s.ehlo("client.test")
+                for i in range(4):
+                    code, _ = s.mail("zed@elsewhere.test")
+                    codes.append(code)
+                    if code == 250:
+                        s.rcpt(bob["email"])
+                        s.data(raw_message(bob["email"], f"r{i}"))
+            return codes
+
+        assert await asyncio.to_thread(run) == [250, 250, 250, 450]
+        async with app.client(bob["token"]) as c:
+            assert (await c.get("/v1/emails")).json()["total"] == 3
+    finally:
+        app.deployment.stop()
