@@ -78,6 +78,20 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("ts", pa.float64()),
         ]
     ),
+    # The mail event log (DESIGN.md "Outbound"): one row per step of a message.
+    "events": pa.schema(
+        [
+            ("ts", pa.float64()),
+            ("event", pa.string()),  # accepted | rejected | tempfailed | (outbound: queued, delivered, ...)
+            ("message_id", pa.string()),
+            ("sender", pa.string()),
+            ("recipient_domain", pa.string()),
+            ("pool", pa.string()),
+            ("ip", pa.string()),
+            ("smtp_code", pa.int32()),
+            ("detail", pa.string()),
+        ]
+    ),
 }
 
 

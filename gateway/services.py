@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.blobwriter import BlobWriter
+from gateway.events import EventSink
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.router import ShardRouter
@@ -31,6 +32,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.blob_writer = BlobWriter(self.blobs, "msg")
+        self.events = EventSink(self.config.cluster.namespace)
         self._by_token: dict[str, tuple[User, float]] = {}
         self._by_email: dict[str, tuple[User, float]] = {}
 

@@ -60,12 +60,17 @@ class MxHandler:
             envelope.rcpt_tos.append(addresses.parse_addr_spec(address))
         else:
             self.svc.metrics.error("smtp_rcpt_" + reply[:3])
+            self.svc.events.record("rejected", smtp_code=int(reply[:3]), sender=envelope.mail_from or "",
+                                   recipient_domain=address.rpartition("@")[2][:253].lower(),
+                                   ip=str(session.peer[0]), detail=reply)
         return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
         if smtp_rules.bare_line_ending(raw):
             self.svc.metrics.error("smtp_bare_line_ending")
+            self.svc.events.record("rejected", smtp_code=550, sender=envelope.mail_from or "",
+                                   ip=str(session.peer[0]), detail=smtp_rules.BARE_LINE_ENDING)
             return smtp_rules.BARE_LINE_ENDING
         users = []
         for rcpt in dict.fromkeys(envelope.rcpt_tos):
@@ -98,9 +103,18 @@ async def store_and_deliver(svc: Services, session: Session, envelope: Envelope,
         results = await svc.router.apply(ops)
     except (StorageError, ApiError) as exc:
         log.warning("%s %s: not stored: %s", kind, queue_id, exc)
+        svc.events.record("tempfailed", smtp_code=451, sender=envelope.mail_from or "", ip=str(session.peer[0]),
+                          detail=f"{kind}: {exc}")
         return "451 4.3.0 Temporary storage failure; please retry"
     if not all(r.ok for r in results):
+        svc.events.record("tempfailed", smtp_code=451, sender=envelope.mail_from or "", ip=str(session.peer[0]),
+                          detail=f"{kind}: a mailbox refused the write")
         return "451 4.3.0 Temporary failure; please retry"
+    message_id = next((v for k, v in stored.parsed.headers if k.lower() == "message-id"), "")
+    for rcpt in dict.fromkeys(envelope.rcpt_tos):
+        svc.events.record("accepted", smtp_code=250, message_id=message_id, sender=envelope.mail_from or "",
+                          recipient_domain=rcpt.rpartition("@")[2], ip=str(session.peer[0]),
+                          detail=f"{kind} {queue_id}")
     svc.metrics.accepted(len(targets))
     log.info("%s %s: accepted from <%s> for %d mailbox(es), %d bytes", kind, queue_id, envelope.mail_from,
              len(targets), len(raw))

@@ -64,7 +64,7 @@ def test_storage_stats_on_known_rows(config):
     stats = storage_stats(config)
     # physical: S1 (1000) + S2 (300); logical: uploads 2300 + live refs
     # (bob,a1) 1000 + (alice,a1) 1000 + (carol,a3) 300 + (dave,a3) 300 = 2600
-    assert stats["rows"] == {"blobs": 3, "refs": 9}
+    assert stats["rows"] == {"blobs": 3, "refs": 9, "events": 0}
     assert stats["unique_blobs"] == 2
     assert stats["physical_bytes"] == 1300
     assert stats["uploads"] == 3 and stats["live_references"] == 4
