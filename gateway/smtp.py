@@ -29,6 +29,22 @@ from raymail.store.tls import ensure_certificate, server_context
 log = logging.getLogger(__name__)
 
 
+def _accept_sender(envelope: Envelope, address: str, mail_options: list[str]) -> str:
+    envelope.mail_from = address
+    envelope.mail_options.extend(mail_options)
+    return "250 2.1.0 OK"
+
+
+def _recipient(svc: Services, envelope: Envelope, address: str, rule: Any) -> str:
+    """Ask ``rule`` about one RCPT; an accepted address joins the envelope."""
+    if len(envelope.rcpt_tos) >= svc.config.limits.max_recipients:
+        return "452 4.5.3 Too many recipients"
+    reply = rule(address, svc.directory.is_local_domain, lambda a: svc.user_for_email(a) is not None)
+    if reply.startswith("250"):
+        envelope.rcpt_tos.append(addresses.parse_addr_spec(address))
+    return reply
+
+
 class MxHandler:
     """Mail from the world for local users. Per client address, messages are rate
     limited (``[limits] mx_messages_per_minute``): past it, 450 4.7.0 and the
@@ -45,20 +61,12 @@ class MxHandler:
         if wait_s > 0:
             self.svc.metrics.error("smtp_rate_limited")
             return f"450 4.7.0 Too many messages from your address; retry in {max(1, int(wait_s))} s"
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 OK"
+        return _accept_sender(envelope, address, mail_options)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
-        if len(envelope.rcpt_tos) >= self.svc.config.limits.max_recipients:
-            return "452 4.5.3 Too many recipients"
-        directory = self.svc.directory
-        reply = smtp_rules.rcpt_reply(address, directory.is_local_domain,
-                                      lambda a: self.svc.user_for_email(a) is not None)
-        if reply.startswith("250"):
-            envelope.rcpt_tos.append(addresses.parse_addr_spec(address))
-        else:
+        reply = _recipient(self.svc, envelope, address, smtp_rules.rcpt_reply)
+        if not reply.startswith(("250", "452")):
             self.svc.metrics.error("smtp_rcpt_" + reply[:3])
             self.svc.events.record("rejected", smtp_code=int(reply[:3]), sender=envelope.mail_from or "",
                                    recipient_domain=address.rpartition("@")[2][:253].lower(),
@@ -148,19 +156,11 @@ class SubmissionHandler:
         user = session.auth_data
         if user is None or address.strip().lower() != user.email.lower():
             return smtp_rules.NOT_YOUR_ADDRESS
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 OK"
+        return _accept_sender(envelope, address, mail_options)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
-        if len(envelope.rcpt_tos) >= self.svc.config.limits.max_recipients:
-            return "452 4.5.3 Too many recipients"
-        reply = smtp_rules.submission_rcpt_reply(address, self.svc.directory.is_local_domain,
-                                                 lambda a: self.svc.user_for_email(a) is not None)
-        if reply.startswith("250"):
-            envelope.rcpt_tos.append(addresses.parse_addr_spec(address))
-        return reply
+        return _recipient(self.svc, envelope, address, smtp_rules.submission_rcpt_reply)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
