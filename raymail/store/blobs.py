@@ -13,6 +13,7 @@ not there); fsspec, OS and S3 client errors are mapped here.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -247,13 +248,22 @@ class BlobStore:
         finally:
             os.close(fd)
 
-    def get(self, key: str) -> bytes:
+    @staticmethod
+    @contextlib.contextmanager
+    def _reading(key: str):
+        """Map a read's library errors: BlobMissing when absent, StorageError otherwise."""
         try:
-            return self.fs.cat_file(self._path(key))
+            yield
+        except StorageError:
+            raise
         except FileNotFoundError as exc:
             raise BlobMissing(f"blob {key} is missing from storage") from exc
         except Exception as exc:  # noqa: BLE001
             raise StorageError(f"could not read blob {key}: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        with self._reading(key):
+            return self.fs.cat_file(self._path(key))
 
     def exists(self, key: str) -> bool:
         try:
@@ -265,18 +275,14 @@ class BlobStore:
         return Upload(self, kind)
 
     def size(self, key: str) -> int:
-        try:
+        with self._reading(key):
             return int(self.fs.size(self._path(key)))
-        except FileNotFoundError as exc:
-            raise BlobMissing(f"blob {key} is missing from storage") from exc
-        except Exception as exc:  # noqa: BLE001
-            raise StorageError(f"could not read blob {key}: {exc}") from exc
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end of the blob, none past it)."""
         if length <= 0:
             return b""
-        try:
+        with self._reading(key):
             if self.local:
                 with open(self._path(key), "rb") as fh:
                     fh.seek(start)
@@ -287,24 +293,16 @@ class BlobStore:
                 if "InvalidRange" in str(exc) or "not satisfiable" in str(exc) or "416" in str(exc):
                     return b""  # at or past the end, as a file read would say
                 raise
-        except FileNotFoundError as exc:
-            raise BlobMissing(f"blob {key} is missing from storage") from exc
-        except Exception as exc:  # noqa: BLE001
-            raise StorageError(f"could not read blob {key}: {exc}") from exc
 
     def reader(self, key: str, start: int = 0):
         """A file object positioned at ``start``, for sequential reads (fewer requests on S3)."""
-        try:
+        with self._reading(key):
             if self.local:
                 fh = open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
             else:
                 fh = self.fs.open(self._path(key), "rb", block_size=UPLOAD_PART_BYTES, cache_type="readahead")
             fh.seek(start)
             return fh
-        except FileNotFoundError as exc:
-            raise BlobMissing(f"blob {key} is missing from storage") from exc
-        except Exception as exc:  # noqa: BLE001
-            raise StorageError(f"could not read blob {key}: {exc}") from exc
 
     def delete(self, key: str) -> None:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -21,12 +20,6 @@ from raymail.mailbox import ShardState
 from raymail.model import Address, AddUpload, AttachmentRef, Delete, Deliver, EmailMeta, Update
 
 # -- fixtures ----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 import types
@@ -20,12 +19,6 @@ NOW = 1_700_000_000.0
 OLD = NOW - 7200
 YOUNG = NOW - 60
 GRACE_S = 3600.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
