@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint bench clean
+.PHONY: run test unit lint bench clean system-deps
+
+# Real SMTP and DNS peers the tests and benchmarks run against (Debian packages).
+SYSTEM_TOOLS := /usr/bin/swaks /usr/sbin/postfix /usr/sbin/smtp-source /usr/sbin/smtp-sink /usr/sbin/nsd
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "raymail needs Python 3.11+"'
@@ -21,7 +25,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/raymail up --config configs/default.toml
 
-test: $(VENV)/.installed-dev
+system-deps:
+	@for t in $(SYSTEM_TOOLS); do [ -x $$t ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing swaks, postfix and nsd (Debian packages) for the SMTP and DNS tests"; \
+		echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends swaks postfix nsd >/dev/null; \
+	fi
+
+test: $(VENV)/.installed-dev system-deps
 	$(BIN)/python -m pytest tests
 
 unit: $(VENV)/.installed-dev
@@ -30,7 +43,7 @@ unit: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev system-deps
 	$(BIN)/python bench/send_throughput.py
 	$(BIN)/python bench/push_latency.py
 	$(BIN)/python bench/ws_idle.py

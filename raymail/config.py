@@ -81,6 +81,13 @@ class MailboxConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    servers: tuple[str, ...] = ()  # empty: the system resolver (/etc/resolv.conf)
+    port: int = 53
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class Pool:
     name: str
     ips: tuple[str, ...]
@@ -105,6 +112,7 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
     @property
     def data_path(self) -> Path:
@@ -235,7 +243,7 @@ def _outbound(raw: dict) -> OutboundConfig:
 
 
 def from_dict(raw: dict) -> Config:
-    known = {"server", "storage", "limits", "cluster", "gateway", "mailbox", "outbound"}
+    known = {"server", "storage", "limits", "cluster", "gateway", "mailbox", "outbound", "dns"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"[{key}] is not a known section; known: {', '.join(sorted(known))}")
@@ -254,6 +262,7 @@ def from_dict(raw: dict) -> Config:
         gateway=_build(GatewayConfig, "gateway", _section(raw, "gateway")),
         mailbox=_build(MailboxConfig, "mailbox", _section(raw, "mailbox")),
         outbound=outbound,
+        dns=_build(DnsConfig, "dns", _section(raw, "dns")),
     )
     validate(cfg)
     return cfg
@@ -297,6 +306,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"[gateway] allowed_origins entries must be like https://mail.example.com, got {origin!r}")
     _positive("mailbox", "snapshot_every_bytes", cfg.mailbox.snapshot_every_bytes)
     _positive("mailbox", "events_retained", cfg.mailbox.events_retained)
+    _port("dns", "port", cfg.dns.port)
+    _positive("dns", "timeout_s", cfg.dns.timeout_s)
+    for server in cfg.dns.servers:
+        try:
+            ipaddress.ip_address(server)
+        except (ValueError, TypeError):
+            raise ConfigError(f"[dns] servers must be IP addresses such as 127.0.0.53, got {server!r}") from None
     names = set()
     for pool in cfg.outbound.pools:
         if pool.name in names:
