@@ -20,10 +20,12 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from gateway import intake
 from gateway.app import search_text
 from gateway.services import Services
+from gateway.smtp_session import GuardedSMTP
 from raymail import addresses, smtp_rules
 from raymail.errors import ApiError, StorageError
 from raymail.model import Deliver
 from raymail.ratelimit import TokenBuckets
+from raymail.smtp_admission import Admission
 from raymail.store.tls import ensure_certificate, server_context
 
 log = logging.getLogger(__name__)
@@ -187,16 +189,23 @@ def tls_context(svc: Services) -> ssl.SSLContext:
     return server_context(*ensure_certificate(svc.config.data_path, server.hostname))
 
 
+def _admission(svc: Services) -> Admission:
+    limits = svc.config.limits
+    return Admission(limits.smtp_connections_per_ip, limits.smtp_connects_per_minute)
+
+
 def mx_factory(svc: Services) -> Any:
     """The MX: anyone may deliver to local users; STARTTLS offered, not required."""
     handler = MxHandler(svc)
     limits = svc.config.limits
     ctx = tls_context(svc)
+    admission = _admission(svc)
 
     def make() -> SMTP:
-        return SMTP(handler, hostname=svc.config.server.hostname, ident="raymail ESMTP",
-                    data_size_limit=limits.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
-                    timeout=300, tls_context=ctx)
+        return GuardedSMTP(handler, admission=admission, session_max_s=limits.smtp_session_max_s,
+                           hostname=svc.config.server.hostname, ident="raymail ESMTP",
+                           data_size_limit=limits.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
+                           timeout=limits.smtp_idle_timeout_s, tls_context=ctx)
 
     return make
 
@@ -207,11 +216,13 @@ def submission_factory(svc: Services) -> Any:
     handler = SubmissionHandler(svc, lockout)
     limits = svc.config.limits
     ctx = tls_context(svc)
+    admission = _admission(svc)
 
     def make() -> SMTP:
-        return SMTP(handler, hostname=svc.config.server.hostname, ident="raymail ESMTP submission",
-                    data_size_limit=limits.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
-                    timeout=300, tls_context=ctx, require_starttls=True, auth_required=True,
-                    auth_require_tls=True, authenticator=handler.authenticate)
+        return GuardedSMTP(handler, admission=admission, session_max_s=limits.smtp_session_max_s,
+                           hostname=svc.config.server.hostname, ident="raymail ESMTP submission",
+                           data_size_limit=limits.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
+                           timeout=limits.smtp_idle_timeout_s, tls_context=ctx, require_starttls=True,
+                           auth_required=True, auth_require_tls=True, authenticator=handler.authenticate)
 
     return make

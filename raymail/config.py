@@ -47,6 +47,10 @@ class LimitsConfig:
     send_rate_per_s: float = 20.0
     send_burst: int = 200
     mx_messages_per_minute: int = 600  # per client IP on the MX; 450 past it
+    smtp_connections_per_ip: int = 50  # open SMTP sessions per client IP and listener process; 421 past it
+    smtp_connects_per_minute: int = 600  # new SMTP sessions per client IP and minute; 421 past it
+    smtp_idle_timeout_s: float = 300.0  # RFC 5321 section 4.5.3.2 asks for at least 5 minutes
+    smtp_session_max_s: float = 1800.0  # whole-session cap, however busy
 
 
 @dataclass(frozen=True)
@@ -291,7 +295,7 @@ def validate(cfg: Config) -> None:
     if cfg.storage.url and "://" not in cfg.storage.url:
         raise ConfigError(f"[storage] url must look like file:///path or s3://bucket/prefix, got {cfg.storage.url!r}")
     lim = cfg.limits
-    for key in ("max_message_bytes", "max_attachment_bytes", "max_recipients", "max_subject_chars", "max_page_size", "default_page_size", "send_burst", "mx_messages_per_minute"):
+    for key in ("max_message_bytes", "max_attachment_bytes", "max_recipients", "max_subject_chars", "max_page_size", "default_page_size", "send_burst", "mx_messages_per_minute", "smtp_connections_per_ip", "smtp_connects_per_minute", "smtp_idle_timeout_s", "smtp_session_max_s"):
         _positive("limits", key, getattr(lim, key))
     _positive("limits", "send_rate_per_s", lim.send_rate_per_s)
     if lim.default_page_size > lim.max_page_size:
