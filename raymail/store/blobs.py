@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -124,12 +125,12 @@ class Upload:
                     os.replace(self.tmp, final)
                     fsync_dir(Path(final).parent)
             elif self._small is not None:
-                if not fs.exists(final):
+                if not self.store._reuse(final):
                     fs.pipe_file(final, b"".join(self._small))  # one PUT: atomic
                 self._small = []
             else:
                 self._fh.close()
-                if fs.exists(final):
+                if self.store._reuse(final):
                     fs.rm_file(self.tmp)
                 else:
                     fs.mv(self.tmp, final)
@@ -161,6 +162,10 @@ class Upload:
 
 
 class BlobStore:
+    # A reused object older than this gets its modification time refreshed, so the
+    # garbage collector's grace period starts again for it (it must exceed this).
+    refresh_after_s = 60.0
+
     def __init__(self, url: str, options: dict | None = None) -> None:
         options = dict(options or {})
         if url.startswith(("s3://", "s3a://")):
@@ -195,11 +200,23 @@ class BlobStore:
             else:
                 for key, data in zip(keys, items, strict=True):
                     path = self._path(key)
-                    if not self.fs.exists(path):
+                    if not self._reuse(path):
                         self.fs.pipe_file(path, data)
         except Exception as exc:  # noqa: BLE001 - mapped at the boundary
             raise StorageError(f"could not store blob {keys[0]}: {exc}") from exc
         return keys
+
+    def _reuse(self, path: str) -> bool:
+        """On an object store: True when ``path`` exists already; an old one is then
+        copied onto itself (a server-side copy, no bytes sent) to renew its
+        LastModified, as ``os.utime`` does for a local file."""
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return False
+        if time.time() - mtime_of(info) > self.refresh_after_s:
+            self.fs.setxattr(path, raymail_reused=str(int(time.time())))
+        return True
 
     def _put_local(self, items: list[tuple[Path, bytes]]) -> None:
         fresh = []
