@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 
 from raymail import model
+from raymail.outbound import records
 
 _EXT = 1
 _VERSION = 1
@@ -37,6 +38,14 @@ for _tag, _cls in enumerate(
     register(_tag, _cls)
 register(9, model.AttachmentRef)
 register(10, model.AddUpload)
+register(11, model.AuthSummary)
+# Outbound spool records (raymail/outbound/records.py).
+register(21, records.OutboundMessage)
+register(22, records.Attempt)
+register(23, records.QuotaUse)
+register(24, records.Suppress)
+register(25, records.Unsuppress)
+register(26, records.Requeue)
 
 
 def _default(obj: Any) -> Any:

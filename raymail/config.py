@@ -92,19 +92,54 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class MailAuthConfig:
+    """SPF/DKIM/DMARC on the MX and what each verdict does to the message."""
+
+    enabled: bool = True
+    dmarc_reject_action: str = "reject"  # DMARC fail, p=reject: reject (550) | junk | inbox
+    dmarc_quarantine_action: str = "junk"  # DMARC fail, p=quarantine: junk | inbox
+    spf_fail_action: str = "inbox"  # SPF fail and no DMARC record: inbox | junk | reject
+    dns_error_action: str = "accept"  # DMARC temperror: accept (recorded) | tempfail (451)
+    max_dkim_signatures: int = 5
+    authserv_id: str = ""  # empty: [server] hostname
+
+
+MAILAUTH_ACTIONS = {
+    "dmarc_reject_action": ("reject", "junk", "inbox"),
+    "dmarc_quarantine_action": ("junk", "inbox"),
+    "spf_fail_action": ("inbox", "junk", "reject"),
+    "dns_error_action": ("accept", "tempfail"),
+}
+
+
+@dataclass(frozen=True)
 class Pool:
     name: str
     ips: tuple[str, ...]
     categories: tuple[str, ...]
 
 
+SUPPRESSION_SCOPES = ("sender", "global")
+
+
 @dataclass(frozen=True)
 class OutboundConfig:
     pools: tuple[Pool, ...] = ()
     warmup_daily_caps: tuple[int, ...] = (50, 100, 200, 500, 1000, 2000, 5000, 10000)
+    warmed_ips: tuple[str, ...] = ()  # IPs with an established reputation: no warm-up cap
     routes: dict[str, str] = field(default_factory=dict)
     retry_backoff_s: tuple[int, ...] = (60, 300, 1800, 7200)
     retry_max_age_s: int = 432_000
+    # Classification: an address or a domain -> category, for mail that names none.
+    sender_categories: dict[str, str] = field(default_factory=dict)
+    default_category: str = "transactional"
+    suppression: str = "sender"  # a hard bounce suppresses the address for that sender, or for everyone
+    lease_s: float = 300.0  # a sender that took work and went silent this long loses it to another
+    batch_size: int = 100  # work items per queue entry (grouped by destination domain)
+    per_domain_connections: int = 4  # per sender actor
+    max_connections: int = 64  # per sender actor
+    messages_per_connection: int = 100
+    smtp_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +152,7 @@ class Config:
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
 
     @property
     def data_path(self) -> Path:
@@ -227,13 +263,22 @@ def _outbound(raw: dict) -> OutboundConfig:
             if not isinstance(p.get(key, []), list) or not all(isinstance(x, str) for x in p.get(key, [])):
                 raise ConfigError(f"[[outbound.pools]] {p['name']!r}: {key} must be a list of strings")
         pools.append(Pool(p["name"], tuple(p.get("ips", [])), tuple(p.get("categories", []))))
-    warmup = _table("[outbound.warmup]", raw, "warmup", {"daily_caps"})
+    warmup = _table("[outbound.warmup]", raw, "warmup", {"daily_caps", "warmed_ips"})
     retry = _table("[outbound.retry]", raw, "retry", {"backoff_s", "max_age_s"})
     routes = raw.pop("routes", {})
     if not isinstance(routes, dict) or not all(isinstance(v, str) for v in routes.values()):
         raise ConfigError("[outbound.routes] must be a table of \"domain\" = \"host:port\"")
+    classes = raw.pop("sender_categories", {})
+    if not isinstance(classes, dict) or not all(isinstance(v, str) for v in classes.values()):
+        raise ConfigError('[outbound.sender_categories] must be a table of "address or domain" = "category"')
+    scalars = {k: raw.pop(k) for k in _OUTBOUND_SCALARS if k in raw}
     if raw:
         raise ConfigError(f"[outbound] unknown keys: {', '.join(sorted(raw))}")
+    for key, value in scalars.items():
+        scalars[key] = _coerce("outbound", key, value, getattr(d, key))
+    warmed = warmup.get("warmed_ips", [])
+    if not isinstance(warmed, list) or not all(isinstance(x, str) for x in warmed):
+        raise ConfigError("[outbound.warmup] warmed_ips must be a list of IP addresses")
     max_age_s = retry.get("max_age_s", d.retry_max_age_s)
     if not isinstance(max_age_s, int) or isinstance(max_age_s, bool):
         raise ConfigError(f"[outbound.retry] max_age_s must be an integer number of seconds, got {max_age_s!r}")
@@ -243,11 +288,18 @@ def _outbound(raw: dict) -> OutboundConfig:
         routes=dict(routes),
         retry_backoff_s=_int_list("[outbound.retry] backoff_s", retry.get("backoff_s", list(d.retry_backoff_s))),
         retry_max_age_s=max_age_s,
+        warmed_ips=tuple(warmed),
+        sender_categories={k.lower(): v for k, v in classes.items()},
+        **scalars,
     )
 
 
+_OUTBOUND_SCALARS = ("default_category", "suppression", "lease_s", "batch_size", "per_domain_connections",
+                     "max_connections", "messages_per_connection", "smtp_timeout_s")
+
+
 def from_dict(raw: dict) -> Config:
-    known = {"server", "storage", "limits", "cluster", "gateway", "mailbox", "outbound", "dns"}
+    known = {"server", "storage", "limits", "cluster", "gateway", "mailbox", "outbound", "dns", "mailauth"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"[{key}] is not a known section; known: {', '.join(sorted(known))}")
@@ -267,6 +319,7 @@ def from_dict(raw: dict) -> Config:
         mailbox=_build(MailboxConfig, "mailbox", _section(raw, "mailbox")),
         outbound=outbound,
         dns=_build(DnsConfig, "dns", _section(raw, "dns")),
+        mailauth=_build(MailAuthConfig, "mailauth", _section(raw, "mailauth")),
     )
     validate(cfg)
     return cfg
@@ -317,6 +370,12 @@ def validate(cfg: Config) -> None:
             ipaddress.ip_address(server)
         except (ValueError, TypeError):
             raise ConfigError(f"[dns] servers must be IP addresses such as 127.0.0.53, got {server!r}") from None
+    for key, choices in MAILAUTH_ACTIONS.items():
+        if getattr(cfg.mailauth, key) not in choices:
+            raise ConfigError(f"[mailauth] {key} must be one of {', '.join(choices)}, got {getattr(cfg.mailauth, key)!r}")
+    _positive("mailauth", "max_dkim_signatures", cfg.mailauth.max_dkim_signatures)
+    if any(c.isspace() or c in ';()"' for c in cfg.mailauth.authserv_id):
+        raise ConfigError(f"[mailauth] authserv_id must be a host name, got {cfg.mailauth.authserv_id!r}")
     names = set()
     for pool in cfg.outbound.pools:
         if pool.name in names:
@@ -329,6 +388,23 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"[outbound.pools] pool {pool.name!r}: {ip!r} is not an IP address") from None
     if any(c <= 0 for c in cfg.outbound.warmup_daily_caps):
         raise ConfigError("[outbound.warmup] daily_caps must all be positive")
+    ob = cfg.outbound
+    if ob.suppression not in SUPPRESSION_SCOPES:
+        raise ConfigError(f"[outbound] suppression must be 'sender' or 'global', got {ob.suppression!r}")
+    for key in ("lease_s", "batch_size", "per_domain_connections", "max_connections", "messages_per_connection",
+                "smtp_timeout_s"):
+        _positive("outbound", key, getattr(ob, key))
+    if any(b < 0 for b in ob.retry_backoff_s) or not ob.retry_backoff_s:
+        raise ConfigError("[outbound.retry] backoff_s must be a non-empty list of seconds >= 0")
+    _positive("outbound.retry", "max_age_s", ob.retry_max_age_s)
+    for pool in ob.pools:
+        if not pool.ips:
+            raise ConfigError(f"[outbound.pools] pool {pool.name!r} needs at least one IP in ips")
+    for ip in ob.warmed_ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(f"[outbound.warmup] warmed_ips: {ip!r} is not an IP address") from None
     for domain, target in cfg.outbound.routes.items():
         host, _, port = str(target).rpartition(":")
         if not host or not port.isdigit():
