@@ -58,6 +58,24 @@ class AttachmentRef:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSummary:
+    """Sender authentication of a message received on the MX (``raymail.mailauth``)."""
+
+    spf: str  # pass | fail | softfail | neutral | none | temperror | permerror
+    dkim: str  # the best result over the signatures; none when unsigned
+    dmarc: str  # pass | fail | none | temperror | permerror
+    policy: str = ""  # the DMARC policy that applied on failure (none | quarantine | reject)
+    spf_domain: str = ""
+    dkim_domains: tuple[str, ...] = ()  # d= of the signatures that verified
+    from_domain: str = ""
+
+    def to_dict(self) -> dict:
+        return {"spf": self.spf, "dkim": self.dkim, "dmarc": self.dmarc, "policy": self.policy,
+                "spf_domain": self.spf_domain, "dkim_domains": list(self.dkim_domains),
+                "from_domain": self.from_domain}
+
+
+@dataclass(frozen=True, slots=True)
 class EmailMeta:
     """What a mailbox keeps about one message; the bytes live in blob storage."""
 
@@ -78,6 +96,7 @@ class EmailMeta:
     blob: str  # storage key of the RFC 5322 source (or of its skeleton, see raymail.skeleton)
     seq: int = 0  # arrival order inside the mailbox, assigned by the mailbox
     attachments: tuple[AttachmentRef, ...] = ()
+    auth: AuthSummary | None = None  # set for mail received on the MX
 
     def summary(self) -> dict:
         return {
@@ -93,6 +112,7 @@ class EmailMeta:
             "size": self.size,
             "unread": self.unread,
             "has_attachments": self.has_attachments,
+            "auth": self.auth.to_dict() if self.auth is not None else None,
         }
 
 

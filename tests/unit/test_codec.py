@@ -12,6 +12,7 @@ from raymail.model import (
     Address,
     AddUpload,
     AttachmentRef,
+    AuthSummary,
     Delete,
     Deliver,
     EmailMeta,
@@ -43,6 +44,9 @@ META = EmailMeta(
     blob="msg/ab/abcdef",
     seq=7,
 )
+AUTH = AuthSummary(spf="pass", dkim="fail", dmarc="pass", policy="reject", spf_domain="example.com",
+                   dkim_domains=("example.com",), from_domain="example.com")
+META_MX = dataclasses.replace(META, id="e2", auth=AUTH)
 EVENT_SCALAR = Event(cursor=3, type="email.updated", email_id="e1", ts=1.5, summary={"id": "e1", "unread": False, "n": None})
 EVENT_DELETED = Event(cursor=4, type="email.deleted", email_id="e1", ts=2.0, summary=None)
 
@@ -51,6 +55,8 @@ SAMPLES = [
     B,
     User(uid="u1", email="alice@example.com", name="Alice", profile_url="https://x.test/a", created_at=12.5),
     META,
+    AUTH,
+    META_MX,
     EVENT_SCALAR,
     EVENT_DELETED,
     Deliver(uid="u1", email=META, ts=99.0),
@@ -67,6 +73,16 @@ SAMPLES = [
 
 def test_every_registered_type_has_a_sample():
     assert {type(s) for s in SAMPLES} == set(codec._BY_TYPE)
+
+
+def test_email_meta_written_before_auth_existed_still_decodes():
+    fields = [getattr(META, f.name) for f in dataclasses.fields(META) if f.name != "auth"]
+    old = msgpack.packb(msgpack.ExtType(1, msgpack.packb([codec._BY_TYPE[EmailMeta], 1, fields],
+                                                         default=codec._default, use_bin_type=True)),
+                        use_bin_type=True)
+    out = codec.decode(old)
+    assert out == META and out.auth is None and out.summary()["auth"] is None
+    assert codec.decode(codec.encode(META_MX)).summary()["auth"]["dkim_domains"] == ["example.com"]
 
 
 @pytest.mark.parametrize("obj", SAMPLES, ids=lambda o: type(o).__name__)

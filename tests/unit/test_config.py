@@ -201,3 +201,35 @@ def test_with_overrides_rejects_invalid(overrides, contains):
     with pytest.raises(ConfigError) as exc:
         config.load().with_overrides(**overrides)
     assert contains in str(exc.value)
+
+
+def test_mailauth_defaults_match_the_shipped_toml():
+    shipped = config.load().mailauth
+    assert shipped == config.MailAuthConfig()
+    assert (shipped.enabled, shipped.dmarc_reject_action, shipped.dmarc_quarantine_action) == (True, "reject", "junk")
+    assert (shipped.spf_fail_action, shipped.dns_error_action, shipped.max_dkim_signatures) == ("inbox", "accept", 5)
+
+
+@pytest.mark.parametrize(
+    "values, contains",
+    [
+        ({"dmarc_reject_action": "bounce"}, "[mailauth] dmarc_reject_action must be one of reject, junk, inbox"),
+        ({"dmarc_quarantine_action": "reject"}, "[mailauth] dmarc_quarantine_action must be one of junk, inbox"),
+        ({"spf_fail_action": "drop"}, "[mailauth] spf_fail_action must be one of inbox, junk, reject"),
+        ({"dns_error_action": "reject"}, "[mailauth] dns_error_action must be one of accept, tempfail"),
+        ({"max_dkim_signatures": 0}, "[mailauth] max_dkim_signatures must be positive"),
+        ({"enabled": "yes"}, "[mailauth] enabled must be true or false"),
+        ({"authserv_id": "mx.example.test; x"}, "[mailauth] authserv_id must be a host name"),
+        ({"spf": "strict"}, "[mailauth] unknown key 'spf'"),
+    ],
+)
+def test_mailauth_errors_name_the_key(values, contains):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"mailauth": values})
+    assert contains in str(err.value)
+
+
+def test_mailauth_accepts_every_documented_action():
+    for key, choices in config.MAILAUTH_ACTIONS.items():
+        for choice in choices:
+            assert getattr(config.from_dict({"mailauth": {key: choice}}).mailauth, key) == choice
