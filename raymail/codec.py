@@ -39,7 +39,6 @@ for _tag, _cls in enumerate(
 register(9, model.AttachmentRef)
 register(10, model.AddUpload)
 register(11, model.AuthSummary)
-register(11, model.AuthSummary)
 # Outbound spool records (raymail/outbound/records.py).
 register(21, records.OutboundMessage)
 register(22, records.Attempt)
