@@ -15,7 +15,7 @@ from email.utils import getaddresses, parseaddr
 
 from gateway.services import Services
 from raymail import addresses, attachments, compose, skeleton
-from raymail.model import Address, AttachmentRef, EmailMeta
+from raymail.model import Address, AttachmentRef, AuthSummary, EmailMeta
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ def _addr(value: str) -> Address:
     return Address(email=email, name=name)
 
 
-def meta_for(stored: Stored, uid: str, folder: str, unread: bool, received_s: float | None = None) -> EmailMeta:
+def meta_for(stored: Stored, uid: str, folder: str, unread: bool, received_s: float | None = None,
+             auth: AuthSummary | None = None) -> EmailMeta:
     """The mailbox entry for a stored message; header values are read defensively."""
     headers = {}
     for k, v in stored.parsed.headers:
@@ -75,5 +76,5 @@ def meta_for(stored: Stored, uid: str, folder: str, unread: bool, received_s: fl
         sender=_addr(headers.get("from", "")), to=to, cc=cc, bcc=(), subject=subject[:998],
         snippet=compose.snippet_of(stored.parsed.text), date=received_s or time.time(), size=stored.size,
         unread=unread, has_attachments=bool(stored.refs or stored.parsed.attachments), blob=stored.blob,
-        attachments=stored.refs,
+        attachments=stored.refs, auth=auth,
     )

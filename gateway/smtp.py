@@ -9,6 +9,7 @@ failure answers 451 and the sender retries.
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 import time
 import uuid
@@ -21,9 +22,9 @@ from gateway import intake
 from gateway.app import search_text
 from gateway.services import Services
 from gateway.smtp_session import GuardedSMTP
-from raymail import addresses, smtp_rules
+from raymail import addresses, mailauth, smtp_rules
 from raymail.errors import ApiError, StorageError
-from raymail.model import Deliver
+from raymail.model import AuthSummary, Deliver
 from raymail.ratelimit import TokenBuckets
 from raymail.smtp_admission import Admission
 from raymail.store.tls import ensure_certificate, server_context
@@ -50,7 +51,10 @@ def _recipient(svc: Services, envelope: Envelope, address: str, rule: Any) -> st
 class MxHandler:
     """Mail from the world for local users. Per client address, messages are rate
     limited (``[limits] mx_messages_per_minute``): past it, 450 4.7.0 and the
-    sending server retries later."""
+    sending server retries later. SPF, DKIM and DMARC are checked at the end of
+    DATA (``[mailauth]``): the verdict goes in an ``Authentication-Results``
+    header and the message summary, and ``mailauth.decide`` picks the folder or
+    the refusal."""
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -89,15 +93,40 @@ class MxHandler:
                 users.append((rcpt, user))
         if not users:
             return "554 5.5.1 No valid recipients"
-        targets = [(u.uid, "inbox", True) for _, u in users]
+        folder, header, auth = "inbox", b"", None
+        if self.svc.config.mailauth.enabled:
+            res = await self._authenticate(session, envelope, raw)
+            decision = mailauth.decide(res, self.svc.config.mailauth)
+            if decision.reply:
+                self.svc.metrics.error("smtp_auth_" + decision.reply[:3])
+                self.svc.events.record("rejected" if decision.reply.startswith("5") else "tempfailed",
+                                       smtp_code=int(decision.reply[:3]), sender=envelope.mail_from or "",
+                                       recipient_domain=users[0][0].rpartition("@")[2].lower(),
+                                       ip=str(session.peer[0]), detail=decision.reply)
+                return decision.reply
+            folder, auth = decision.folder, res.summary()
+            cfg = self.svc.config
+            header = mailauth.header(cfg.mailauth.authserv_id or cfg.server.hostname, res)
+        targets = [(u.uid, folder, True) for _, u in users]
         return await store_and_deliver(self.svc, session, envelope, raw, targets,
-                                       users[0][0] if len(users) == 1 else None, "mx")
+                                       users[0][0] if len(users) == 1 else None, "mx", header, auth)
+
+    async def _authenticate(self, session: Session, envelope: Envelope, raw: bytes) -> mailauth.AuthResults:
+        started = time.perf_counter()
+        res = await mailauth.authenticate(self.svc.resolver, raw, str(session.peer[0]), envelope.mail_from or "",
+                                          session.host_name or "", self.svc.config.mailauth.max_dkim_signatures,
+                                          random.random)
+        log.debug("mailauth %.2f ms: spf=%s dkim=%s dmarc=%s", (time.perf_counter() - started) * 1000,
+                  res.spf.result, [d.result for d in res.dkim], res.dmarc.result)
+        return res
 
 
 async def store_and_deliver(svc: Services, session: Session, envelope: Envelope, raw: bytes,
-                            targets: list[tuple[str, str, bool]], recipient: str | None, kind: str) -> str:
-    """Store the message once (trace headers + original bytes) and put it in every
-    (uid, folder, unread) target; the reply says whether it is on stable storage."""
+                            targets: list[tuple[str, str, bool]], recipient: str | None, kind: str,
+                            auth_header: bytes = b"", auth: AuthSummary | None = None) -> str:
+    """Store the message once (trace headers, our Authentication-Results, then the
+    original bytes unchanged) and put it in every (uid, folder, unread) target; the
+    reply says whether it is on stable storage."""
     queue_id = uuid.uuid4().hex[:16]
     now = time.time()
     trace = smtp_rules.trace_headers(
@@ -106,9 +135,9 @@ async def store_and_deliver(svc: Services, session: Session, envelope: Envelope,
         tls=bool(session.ssl),
     )
     try:
-        stored = await intake.store_raw(svc, trace + raw)
+        stored = await intake.store_raw(svc, trace + auth_header + raw)
         text = search_text(stored.parsed.text, stored.parsed.html)
-        ops = [Deliver(uid, intake.meta_for(stored, uid, folder, unread=unread, received_s=now), now, text)
+        ops = [Deliver(uid, intake.meta_for(stored, uid, folder, unread=unread, received_s=now, auth=auth), now, text)
                for uid, folder, unread in targets]
         results = await svc.router.apply(ops)
     except (StorageError, ApiError) as exc:

@@ -32,6 +32,7 @@ from typing import Protocol
 import dkim
 import dkim.util
 
+from raymail.config import MailAuthConfig
 from raymail.dns import DnsTempError, NullMx
 from raymail.model import AuthSummary
 
@@ -290,7 +291,9 @@ def _client_ip(peer_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 async def check_spf(dns: Lookups, peer_ip: str, mail_from: str, helo: str) -> SpfResult:
     """SPF for the MAIL FROM identity (postmaster@HELO for the null sender)."""
     helo = helo.strip().rstrip(".")
-    sender = mail_from.strip() or f"postmaster@{helo}"
+    sender = mail_from.strip()
+    if sender in ("", "<>"):  # the null reverse-path (aiosmtpd reports it as "<>")
+        sender = f"postmaster@{helo}"
     if "@" not in sender:
         sender = f"postmaster@{sender}"
     local, _, domain = sender.rpartition("@")
@@ -588,3 +591,34 @@ def header_value(authserv_id: str, res: AuthResults) -> str:
 
 def header(authserv_id: str, res: AuthResults) -> bytes:
     return f"Authentication-Results: {header_value(authserv_id, res)}\r\n".encode("ascii", "replace")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the MX does with an authenticated message: deliver to ``folder``, or answer ``reply``."""
+
+    folder: str = "inbox"
+    reply: str = ""  # non-empty: refuse the message with this reply line
+
+
+def decide(res: AuthResults, cfg: MailAuthConfig) -> Decision:
+    """The policy of ``[mailauth]`` applied to a verdict. A DNS failure is never a
+    permanent refusal: at most 451 (``dns_error_action = "tempfail"``)."""
+    dm = res.dmarc
+
+    def act(action: str, reply: str) -> Decision:
+        return Decision(reply=reply) if action == "reject" else Decision(folder="junk" if action == "junk" else "inbox")
+
+    if dm.result == "fail" and dm.policy == "reject":
+        return act(cfg.dmarc_reject_action,
+                   f"550 5.7.1 Message rejected by the DMARC policy of {dm.from_domain} (p=reject): "
+                   "neither SPF nor DKIM aligned with the From domain")
+    if dm.result == "fail" and dm.policy == "quarantine":
+        return act(cfg.dmarc_quarantine_action, "")
+    if dm.result == "temperror" and cfg.dns_error_action == "tempfail":
+        return Decision(reply=f"451 4.4.3 Could not check the sender authentication of {dm.from_domain or 'the message'}"
+                              " (DNS); please retry")
+    if dm.result == "none" and res.spf.result == "fail":
+        return act(cfg.spf_fail_action,
+                   f"550 5.7.23 SPF check failed: {res.spf.domain} does not allow this server to send its mail")
+    return Decision()

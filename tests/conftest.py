@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from dnsserver import TestDns
 from s3server import MotoServer
 
 
@@ -10,5 +11,13 @@ from s3server import MotoServer
 def moto():
     """One S3-compatible server for the session; each user makes its own bucket."""
     server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dns_server():
+    """One real authoritative DNS server (NSD) serving the test sender zone."""
+    server = TestDns()
     yield server
     server.stop()

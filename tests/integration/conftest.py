@@ -8,6 +8,7 @@ import dataclasses
 import uuid
 from pathlib import Path
 
+import dnsserver
 import httpx
 import pytest
 import ray
@@ -59,12 +60,24 @@ class App:
         return websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}, **kwargs)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _deployments_use_test_dns(dns_server):
+    """Every deployment resolves through the session's NSD, never through the system
+    resolver (the network is closed to tests; lookups there would hang). The port is
+    kept in the ``dnsserver`` module: tests import this file as a second module."""
+    dnsserver.deployment_port = dns_server.port
+    yield
+    dnsserver.deployment_port = None
+
+
 def make_config(tmp: Path, **sections) -> config_mod.Config:
+    assert dnsserver.deployment_port is not None, "the dns_server fixture starts before any deployment"
     raw = {
         "server": {"data_dir": str(tmp), "http_port": 0, "smtp_port": 0, "submission_port": 0},
         "cluster": {"namespace": f"rm-{uuid.uuid4().hex[:8]}", "shards": 2},
         "gateway": {"processes": 1},
         "limits": {"send_rate_per_s": 1000.0, "send_burst": 5000},
+        "dns": {"servers": ["127.0.0.1"], "port": dnsserver.deployment_port, "timeout_s": 2.0},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

@@ -142,6 +142,8 @@ async def test_spf_identity_and_lookup_counting():
     dns = DictDns({"helo.test": ["v=spf1 -all"]})
     res = await mailauth.check_spf(dns, "192.0.2.1", "", "helo.test.")
     assert (res.mailfrom, res.domain, res.result) == ("postmaster@helo.test", "helo.test", "fail")
+    res = await mailauth.check_spf(dns, "192.0.2.1", "<>", "helo.test")
+    assert (res.mailfrom, res.result) == ("postmaster@helo.test", "fail")
     dns = DictDns({"s.test": ["v=spf1 ip4:192.0.2.1 a:never.test -all"]})
     assert (await mailauth.check_spf(dns, "192.0.2.1", "a@s.test", "h")).result == "pass"
     assert dns.queries == ["s.test"]  # evaluation stops at the first match
@@ -307,3 +309,34 @@ async def test_authenticate_runs_all_three():
     res = await mailauth.authenticate(DictDns(zone), signed(), "192.0.2.9", "ann@s.test", "h.test")
     assert (res.spf.result, [d.result for d in res.dkim], res.dmarc.result) == ("fail", ["pass"], "pass")
     assert res.summary().dkim_domains == ("s.test",)
+
+
+def verdict(spf_result: str, dmarc_result: str, policy: str = "") -> AuthResults:
+    return AuthResults(spf(spf_result), [], DmarcResult(dmarc_result, "s.test", policy, policy))
+
+
+@pytest.mark.parametrize(
+    "res, settings, expected",
+    [
+        (verdict("pass", "pass", "reject"), {}, ("inbox", "")),
+        (verdict("fail", "fail", "reject"), {}, ("inbox", "550 5.7.1")),
+        (verdict("fail", "fail", "reject"), {"dmarc_reject_action": "junk"}, ("junk", "")),
+        (verdict("fail", "fail", "reject"), {"dmarc_reject_action": "inbox"}, ("inbox", "")),
+        (verdict("fail", "fail", "quarantine"), {}, ("junk", "")),
+        (verdict("fail", "fail", "quarantine"), {"dmarc_quarantine_action": "inbox"}, ("inbox", "")),
+        (verdict("fail", "fail", "none"), {"spf_fail_action": "reject"}, ("inbox", "")),  # the owner said none
+        (verdict("fail", "none"), {}, ("inbox", "")),
+        (verdict("fail", "none"), {"spf_fail_action": "junk"}, ("junk", "")),
+        (verdict("fail", "none"), {"spf_fail_action": "reject"}, ("inbox", "550 5.7.23")),
+        (verdict("softfail", "none"), {"spf_fail_action": "reject"}, ("inbox", "")),
+        (verdict("temperror", "temperror", "reject"), {}, ("inbox", "")),
+        (verdict("temperror", "temperror", "reject"), {"dns_error_action": "tempfail"}, ("inbox", "451 4.4.3")),
+        (verdict("temperror", "none"), {"spf_fail_action": "reject", "dns_error_action": "tempfail"},
+         ("inbox", "")),
+    ],
+)
+def test_decide(res, settings, expected):
+    from raymail.config import MailAuthConfig
+
+    got = mailauth.decide(res, MailAuthConfig(**settings))
+    assert got.folder == expected[0] and got.reply.startswith(expected[1]) and bool(got.reply) == bool(expected[1])
