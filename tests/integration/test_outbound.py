@@ -1,0 +1,303 @@
+"""Outbound delivery end to end: POST /v1/send -> spool -> Ray queues -> sender actors ->
+real receiving MTAs on loopback addresses, with the faults of DESIGN.md "Outbound"."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import uuid
+from email import policy
+
+import pytest
+import ray
+import conftest
+from conftest import start_app, storage_of
+from helpers import recv_until
+from peers import DnsServer, Receiver, free_port, wait_for
+
+from actors.sender import sender_name
+from actors.spool import SPOOL_NAME
+
+POOLS = [
+    {"name": "tx", "ips": ["127.0.0.2", "127.0.0.3"], "categories": ["transactional"]},
+    {"name": "mk", "ips": ["127.0.0.4"], "categories": ["marketing"]},
+    {"name": "capped", "ips": ["127.0.0.5"], "categories": ["capped"]},
+    {"name": "mixed", "ips": ["127.0.0.6", "127.0.0.7"], "categories": ["mixed"]},
+    {"name": "solo", "ips": ["127.0.0.8"], "categories": ["solo"]},
+]
+RECEIVERS = {
+    "ok.test": {},
+    "flaky.test": {"script": ["451 4.3.0 Try again later"]},
+    "reject.test": {"rcpt_script": ["550 5.1.1 <gone@reject.test>: no such user"]},
+    "drop.test": {"script": ["drop"]},
+    "capped.test": {},
+    "mixed.test": {},
+    "solo.test": {"delay_s": 0.03},
+}
+
+
+@pytest.fixture(scope="module")
+def world(ray_cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("outbound")
+    peers = {d: Receiver(f"127.0.0.{10 + i}", **kw).start() for i, (d, kw) in enumerate(RECEIVERS.items())}
+    mx = Receiver("127.0.0.30", port=25).start()  # reached through DNS: MX records, port 25
+    dns = DnsServer({("mx.test", "MX"): ["10 mx1.mx.test."], ("mx1.mx.test", "A"): ["127.0.0.30"],
+                     ("nullmx.test", "MX"): ["0 ."]}).start()
+    conftest.DNS_PORT = dns.port  # deployments here resolve through this module's own zone server
+    dead_port = free_port("127.0.0.31")
+    routes = {d: r.route for d, r in peers.items()}
+    routes.update({"nolisten.test": f"127.0.0.31:{free_port('127.0.0.31')}", "later.test": f"127.0.0.31:{dead_port}"})
+    app = start_app(
+        tmp,
+        outbound={
+            "pools": POOLS, "routes": routes, "lease_s": 3.0, "batch_size": 20,
+            "warmup": {"daily_caps": [2], "warmed_ips": ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.7",
+                                                          "127.0.0.8"]},
+            "retry": {"backoff_s": [1], "max_age_s": 3600},
+            "sender_categories": {"capped@example.test": "capped", "mixed@example.test": "mixed",
+                                  "solo@example.test": "solo"},
+        },
+        dns={"servers": ["127.0.0.1"], "port": dns.port, "timeout_s": 2.0},
+    )
+    yield app, peers, mx, dead_port
+    app.deployment.stop()
+    for r in [*peers.values(), mx]:
+        r.stop()
+    dns.stop()
+
+
+def spool(app):
+    return ray.get_actor(SPOOL_NAME, namespace=app.config.cluster.namespace)
+
+
+async def send(app, user, recipients, **extra):
+    async with app.client(user["token"]) as c:
+        return await c.post("/v1/send", json={"recipients": recipients, "subject": extra.pop("subject", "hi"),
+                                              "body": "hello", **extra})
+
+
+async def inbox(app, user, folder="inbox"):
+    async with app.client(user["token"]) as c:
+        return (await c.get("/v1/emails", params={"folder": folder})).json()["emails"]
+
+
+async def test_remote_and_local_in_one_send_leave_from_the_pool_ips(world):
+    app, peers, _, _ = world
+    alice, bob = app.user(), app.user()
+    r = await send(app, alice, ["carol@ok.test", bob["email"], "dave@ok.test"], subject="mixed")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["status"] == "queued"
+    assert [e["subject"] for e in await inbox(app, bob)] == ["mixed"]  # local delivery in the same call
+    assert [e["subject"] for e in await inbox(app, alice, "sent")] == ["mixed"]
+    got = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == body["message_id"]])
+    assert len(got) == 1 and sorted(got[0].rcpts) == ["carol@ok.test", "dave@ok.test"]  # one transaction
+    assert got[0].peer_ip in ("127.0.0.2", "127.0.0.3") and got[0].mail_from == alice["email"]
+    r = await send(app, alice, ["erin@ok.test"], category="marketing", subject="promo")
+    mid = r.json()["message_id"]
+    got = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
+    assert [m.peer_ip for m in got] == ["127.0.0.4"]  # the marketing pool's IP, exactly
+
+
+async def test_local_only_send_is_still_delivered(world):
+    app, _, _, _ = world
+    alice, bob = app.user(), app.user()
+    r = await send(app, alice, [bob["email"]])
+    assert r.status_code == 201 and r.json()["status"] == "delivered"
+
+
+async def test_mx_lookup_routes_through_dns(world):
+    app, _, mx, _ = world
+    alice = app.user()
+    r = await send(app, alice, ["x@mx.test"])
+    mid = r.json()["message_id"]
+    got = await wait_for(lambda: [m for m in mx.received if m.message_id == mid])
+    assert got[0].peer_ip in ("127.0.0.2", "127.0.0.3")
+
+
+async def dsn_of(app, user, timeout=20.0):
+    async def find():
+        for e in await inbox(app, user):
+            if e["from"]["email"].startswith("MAILER-DAEMON@"):
+                return e
+        return None
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (found := await find()) is None:
+        assert asyncio.get_running_loop().time() < deadline, "no bounce report arrived"
+        await asyncio.sleep(0.2)
+    async with app.client(user["token"]) as c:
+        raw = (await c.get(f"/v1/emails/{found['id']}/raw")).content
+    return email.message_from_bytes(raw, policy=policy.default)
+
+
+@pytest.mark.parametrize("rcpt, status", [("x@nowhere.test", "5.1.2"), ("x@nullmx.test", "5.1.10")])
+async def test_unresolvable_domain_bounces(world, rcpt, status):
+    app, _, _, _ = world
+    alice = app.user()
+    assert (await send(app, alice, [rcpt])).status_code == 201
+    report = await dsn_of(app, alice)
+    fields = report.get_payload()[1].as_string()
+    assert f"Final-Recipient: rfc822; {rcpt}" in fields and f"Status: {status}" in fields
+
+
+async def test_4xx_then_success_is_delivered_once(world):
+    app, peers, _, _ = world
+    alice = app.user()
+    r = await send(app, alice, ["x@flaky.test"])
+    mid = r.json()["message_id"]
+    await wait_for(lambda: mid in peers["flaky.test"].ids())
+    await asyncio.sleep(1.5)
+    assert peers["flaky.test"].ids().count(mid) == 1 and peers["flaky.test"].attempts == 2
+
+
+async def test_connection_dropped_mid_data_is_retried(world):
+    app, peers, _, _ = world
+    alice = app.user()
+    mid = (await send(app, alice, ["x@drop.test"])).json()["message_id"]
+    await wait_for(lambda: mid in peers["drop.test"].ids())
+    assert peers["drop.test"].attempts == 2 and peers["drop.test"].ids().count(mid) == 1
+
+
+async def test_5xx_bounces_with_a_dsn_and_suppresses(world):
+    app, _, _, _ = world
+    alice, other = app.user(), app.user()
+    async with app.ws(alice["token"]) as ws:
+        r = await send(app, alice, ["gone@reject.test"], subject="to the void")
+        assert r.status_code == 201
+        push = await recv_until(ws, lambda m: m["type"] == "email.new" and m["email"]["folder"] == "inbox")
+        assert push["email"]["subject"].startswith("Undelivered Mail Returned to Sender")
+    report = await dsn_of(app, alice)
+    assert report.get_content_type() == "multipart/report"
+    text, status, headers = report.get_payload()
+    fields = " ".join(status.as_string().split())  # unfolded
+    assert "Final-Recipient: rfc822; gone@reject.test" in fields and "Status: 5.1.1" in fields
+    assert "Diagnostic-Code: smtp; 550 5.1.1" in fields and "Action: failed" in fields
+    assert "Subject: to the void" in headers.as_string()
+    again = await send(app, alice, ["gone@reject.test", "fine@ok.test"])
+    assert again.status_code == 422 and again.json()["error"]["code"] == "suppressed_recipient"
+    assert "gone@reject.test" in again.json()["error"]["message"]
+    assert len(await inbox(app, alice, "sent")) == 1  # nothing of the refused send was kept
+    # suppression is per sender account by default
+    assert (await send(app, other, ["gone@reject.test"])).status_code == 201
+
+
+async def test_no_listener_is_deferred(world):
+    app, _, _, _ = world
+    alice = app.user()
+    assert (await send(app, alice, ["x@nolisten.test"])).status_code == 201
+
+    def deferred():
+        s = ray.get(spool(app).summary.remote())
+        return s["pools"].get("tx", {}).get("nolisten.test", {}).get("deferred")
+
+    await wait_for(deferred, timeout=15)
+
+
+async def test_warmup_cap_holds_mail_and_warmed_ip_takes_over(world):
+    app, peers, _, _ = world
+    capped = app.user("capped")
+    for i in range(4):
+        assert (await send(app, capped, [f"c{i}@capped.test"])).status_code == 201
+    await wait_for(lambda: len(peers["capped.test"].received) == 2)
+    await asyncio.sleep(2.0)
+    assert len(peers["capped.test"].received) == 2  # the only IP is at its cap: the rest waits
+    s = ray.get(spool(app).summary.remote())
+    assert s["pools"]["capped"]["capped.test"] == {"queued": 2} and s["quota_left_today"]["127.0.0.5"] == 0
+
+    mixed = app.user("mixed")
+    for i in range(8):
+        assert (await send(app, mixed, [f"m{i}@mixed.test"])).status_code == 201
+    await wait_for(lambda: len(peers["mixed.test"].received) == 8)
+    peers_used = [m.peer_ip for m in peers["mixed.test"].received]
+    assert peers_used.count("127.0.0.6") <= 2 and set(peers_used) <= {"127.0.0.6", "127.0.0.7"}
+
+
+async def test_sender_killed_mid_batch_loses_nothing(world):
+    app, peers, _, _ = world
+    solo = app.user("solo")
+    recv = peers["solo.test"]
+    ids = []
+    for i in range(120):
+        r = await send(app, solo, [f"s{i}@solo.test"])
+        ids.append(r.json()["message_id"])
+    await wait_for(lambda: len(recv.received) >= 15, timeout=30)
+    ray.kill(ray.get_actor(sender_name("solo", "127.0.0.8"), namespace=app.config.cluster.namespace),
+             no_restart=False)
+    await wait_for(lambda: set(ids) <= set(recv.ids()), timeout=60)
+    got = recv.ids()
+    dupes = len(got) - len(set(got))
+    assert dupes <= app.config.outbound.per_domain_connections  # at most the one in flight per connection
+    assert {m.peer_ip for m in recv.received} == {"127.0.0.8"}
+
+
+async def test_dead_letter_and_queue_retry(world):
+    app, _, _, dead_port = world
+    alice = app.user()
+    r = await send(app, alice, ["x@later.test"], subject=f"dead {uuid.uuid4().hex}")
+    sent = (await inbox(app, alice, "sent"))[0]
+    async with app.client(alice["token"]) as c:
+        raw = (await c.get(f"/v1/emails/{sent['id']}/raw")).content
+    store = storage_of(app)
+    key = store.put("msg", raw)
+    store.delete(key)  # the stored message is gone: no retry can fix that
+    sp = spool(app)
+    await wait_for(lambda: ray.get(sp.dead.remote()), timeout=15)
+    dead = ray.get(sp.dead.remote())
+    assert dead[0]["recipient"] == "x@later.test" and "gone" in dead[0]["text"]
+    store.put("msg", raw)
+    receiver = Receiver("127.0.0.31", port=dead_port).start()
+    try:
+        assert ray.get(sp.retry_dead.remote()) == 1
+        mid = r.json()["message_id"]
+        await wait_for(lambda: mid in receiver.ids(), timeout=15)
+    finally:
+        receiver.stop()
+
+
+async def test_spool_restart_requeues_unfinished_work(world):
+    app, peers, _, _ = world
+    capped = peers["capped.test"]
+    before = len(capped.received)
+    alice = app.user()
+    ids = [(await send(app, alice, [f"r{i}@nolisten.test"])).json()["message_id"] for i in range(3)]
+    sp = spool(app)
+    pid = ray.get(sp.stats.remote())["pid"]
+    ray.kill(sp, no_restart=False)
+    stats = await wait_for(lambda: _stats_after_restart(app, pid), timeout=60)
+    assert stats["recovered"]["pending"] >= 3  # replayed from the log, queued again
+    s = ray.get(spool(app).summary.remote())
+    counts = s["pools"]["tx"]["nolisten.test"]
+    assert sum(counts.values()) >= len(ids)
+    assert s["quota_left_today"]["127.0.0.5"] == 0  # warm-up counters survived
+    r = await send(app, alice, ["after@ok.test"])  # gateways and senders found the new spool and queues
+    mid = r.json()["message_id"]
+    await wait_for(lambda: mid in peers["ok.test"].ids(), timeout=30)
+    assert len(capped.received) == before
+
+
+def _stats_after_restart(app, old_pid):
+    try:
+        st = ray.get(spool(app).stats.remote(), timeout=5)
+    except Exception:  # noqa: BLE001 - still restarting
+        return None
+    return st if st["pid"] != old_pid else None
+
+
+async def test_every_step_is_in_the_event_log(world):
+    from actors.catalog import read_table
+
+    app, peers, _, _ = world
+    alice = app.user()
+    mid = (await send(app, alice, ["log@ok.test"])).json()["message_id"]
+    await wait_for(lambda: mid in peers["ok.test"].ids())
+    await asyncio.sleep(1.5)  # the spool hands its events over about once a second
+    catalog = ray.get_actor("catalog", namespace=app.config.cluster.namespace)
+    ray.get(catalog.flush.remote())
+    rows = [r for r in read_table(storage_of(app), "events").to_pylist() if r["message_id"] == mid]
+    assert [r["event"] for r in rows] == ["queued", "delivered"]
+    delivered = rows[1]
+    assert delivered["smtp_code"] == 250 and delivered["pool"] == "tx" and delivered["ip"] in ("127.0.0.2", "127.0.0.3")
+    assert delivered["sender"] == alice["email"] and delivered["recipient_domain"] == "ok.test"
+    events = {r["event"] for r in read_table(storage_of(app), "events").to_pylist()}
+    assert {"queued", "delivered", "deferred", "bounced", "suppressed"} <= events
