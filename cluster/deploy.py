@@ -12,6 +12,8 @@ import ray
 
 from actors.catalog import CatalogWriter
 from actors.mailbox_shard import CATALOG_NAME, MailboxShard
+from actors.sender import SenderActor, sender_name
+from actors.spool import SPOOL_NAME, OutboundSpool
 from gateway.server import Gateway
 from raymail.config import Config
 from raymail.store.tls import ensure_certificate
@@ -69,6 +71,8 @@ class Deployment:
     shards: list[Any] = field(default_factory=list)
     gateways: list[Any] = field(default_factory=list)
     catalog: Any = None
+    spool: Any = None
+    senders: list[Any] = field(default_factory=list)
     port: int = 0
     smtp_port: int = 0
     submission_port: int = 0
@@ -92,8 +96,10 @@ class Deployment:
         stats = ray.get([s.stats.remote() for s in self.shards])
         for st in stats:
             log.info("mailbox shard %d ready: %s", st["index"], st["recovered"])
-        gw_cls = ray.remote(Gateway)
         snames = [shard_name(i) for i in range(cfg.cluster.shards)]
+        if cfg.outbound.pools:
+            self._start_outbound(snames)
+        gw_cls = ray.remote(Gateway)
         # A fixed port for every gateway, also across restarts: resolve 0 once, here.
         self.port = cfg.server.http_port or _free_port(cfg.server.bind)
         self.smtp_port = cfg.server.smtp_port or _free_port(cfg.server.bind)
@@ -108,6 +114,19 @@ class Deployment:
                  time.perf_counter() - started, len(self.shards), len(self.gateways), self.port)
         return self
 
+    def _start_outbound(self, snames: list[str]) -> None:
+        """The spool (the durable truth, and the queues) first; then one sender per pool IP."""
+        cfg = self.config
+        ns = cfg.cluster.namespace
+        self.spool = ray.remote(OutboundSpool).options(**_options(cfg, SPOOL_NAME)).remote(cfg, snames, ns)
+        log.info("outbound spool ready: %s", ray.get(self.spool.stats.remote())["recovered"])
+        sender_cls = ray.remote(SenderActor)
+        self.senders = [
+            sender_cls.options(**_options(cfg, sender_name(pool.name, ip))).remote(cfg, pool.name, ip, SPOOL_NAME, ns)
+            for pool in cfg.outbound.pools for ip in pool.ips
+        ]
+        ray.get([s.stats.remote() for s in self.senders])
+
     def check(self) -> None:
         """Nudge every actor: a restarted gateway starts serving again on its first call."""
         ray.get([g.ready.remote() for g in self.gateways], timeout=30)
@@ -116,13 +135,16 @@ class Deployment:
         try:
             ray.get([g.stop.remote() for g in self.gateways], timeout=15)
             ray.get([s.flush.remote() for s in self.shards], timeout=15)
+            if self.spool is not None:
+                ray.get(self.spool.flush.remote(), timeout=15)
             if self.catalog is not None:
                 ray.get(self.catalog.close.remote(), timeout=15)
         except Exception:  # noqa: BLE001 - stopping must go on
             log.warning("some actors did not stop cleanly", exc_info=True)
-        for actor in self.gateways + self.shards + ([self.catalog] if self.catalog is not None else []):
+        others = [a for a in (self.spool, self.catalog) if a is not None]
+        for actor in self.gateways + self.senders + self.shards + others:
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001
                 pass
-        self.gateways, self.shards, self.catalog = [], [], None
+        self.gateways, self.shards, self.catalog, self.senders, self.spool = [], [], None, [], None

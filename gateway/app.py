@@ -39,6 +39,9 @@ from raymail.errors import (
     Unprocessable,
 )
 from raymail.model import FOLDERS, AttachmentRef, Delete, Deliver, EmailMeta, Update, User
+from raymail.outbound import classify, suppression
+from raymail.outbound import dkim as dkim_mod
+from raymail.outbound.records import OutboundMessage
 from raymail.validation import SendRequest, parse_paging, parse_send_request
 
 log = logging.getLogger(__name__)
@@ -110,11 +113,13 @@ class Api:
             raise RateLimited(f"sending too fast; retry in {wait_s:.1f} s", retry_after_s=wait_s)
         req = parse_send_request(await read_json(request, self.max_json_bytes), svc.config.limits, user.uid)
         files = await self._attachments(user, req)
-        recipients = self._resolve_local(req)
+        recipients, remote = self._resolve_recipients(req)
         key = request.headers.get("idempotency-key")
         if key is not None and not (0 < len(key) <= 128 and key.isprintable()):
             raise BadRequest("Idempotency-Key must be 1-128 printable characters", code="invalid_header")
-        result = await self._deliver_local(user, req, recipients, files, key)
+        if remote:
+            await check_suppressed(svc, user, remote)
+        result = await self._deliver_local(user, req, recipients, files, key, remote)
         svc.metrics.accepted()
         svc.metrics.send_latency(time.perf_counter() - started)
         return _json(result, 201)
@@ -136,7 +141,9 @@ class Api:
             raise PayloadTooLarge(f"the attachments add up to {total} bytes; a message is limited to {limit} bytes")
         return tuple(refs)
 
-    def _resolve_local(self, req: SendRequest) -> list[User]:
+    def _resolve_recipients(self, req: SendRequest) -> tuple[list[User], list[str]]:
+        """Local users and remote addresses; 422 for unknown local users, and for remote
+        ones when no outbound pool is configured."""
         svc = self.svc
         out, unknown, remote = [], [], []
         for a in req.all_recipients:
@@ -150,16 +157,16 @@ class Api:
                 remote.append(a.email)
         if unknown:
             raise Unprocessable(f"no such local user: {', '.join(unknown)}", code="unknown_recipient")
-        if remote:
+        if remote and svc.outbound is None:
             raise Unprocessable(
                 f"delivery outside the local domains is not enabled on this server: {', '.join(remote)}",
                 code="relay_not_enabled",
             )
-        return out
+        return out, list(dict.fromkeys(a.lower() for a in remote))
 
     async def _deliver_local(
         self, user: User, req: SendRequest, recipients: list[User], files: tuple[AttachmentRef, ...] = (),
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, remote: list[str] | None = None,
     ) -> dict:
         """Store and deliver. With an idempotency key, ids derive from it: a retried
         request (after a 503 or a lost reply) lands on the same mailbox entries,
@@ -210,11 +217,19 @@ class Api:
             if r.uid not in seen:
                 seen.add(r.uid)
                 ops.append(Deliver(r.uid, meta(r.uid, "inbox", keys[0], delivered.size, True, False), now, text))
+        outbound = None
+        if remote:
+            outbound = await outbound_message(
+                svc, user, delivered.raw, keys[0], delivered.message_id, remote, req.category, (),
+                stable("outbound") or uuid.uuid4().hex, now)
         results = await svc.router.apply(ops)
         for res in results:
             if not res.ok:
                 raise Unavailable(f"delivery failed: {res.message}")
-        return {"id": sent_meta.id, "message_id": delivered.message_id, "status": "delivered"}
+        if outbound is not None:
+            await svc.outbound.enqueue(outbound)  # type: ignore[union-attr]
+        return {"id": sent_meta.id, "message_id": delivered.message_id,
+                "status": "queued" if outbound is not None else "delivered"}
 
     # -- reading -------------------------------------------------------------
     async def list_emails(self, request: Request) -> Response:
@@ -412,6 +427,28 @@ def search_text(body: str | None, html: str | None) -> str:
     if html:
         parts.append(htmllib.unescape(_TAG_RE.sub(" ", html)))
     return "\n".join(parts)[:200_000]
+
+
+async def check_suppressed(svc: Services, user: User, remote: list[str]) -> None:
+    """422 when a remote recipient hard-bounced earlier (the suppression list)."""
+    hits = await svc.outbound.suppressed(user.uid, user.email, remote)  # type: ignore[union-attr]
+    if hits:
+        raise Unprocessable(suppression.refusal([a for a, _ in hits]), code="suppressed_recipient")
+
+
+async def outbound_message(svc: Services, user: User, raw: bytes, blob: str, message_id: str, remote: list[str],
+                           category: str | None, headers: tuple[tuple[str, str], ...], out_id: str,
+                           now: float) -> OutboundMessage:
+    """The spool record for the remote recipients: classified, and DKIM-signed when the
+    sender's domain has a key."""
+    ob = svc.config.outbound
+    cat = classify.category_of(category, headers, user.email, ob.sender_categories, ob.default_category)
+    pool = classify.pool_for(cat, ob.pools)
+    key = svc.dkim_key(addresses.domain_of(user.email))
+    header = await asyncio.to_thread(dkim_mod.signature_header, raw, key) if key is not None else ""
+    return OutboundMessage(id=out_id, message_id=message_id, sender_uid=user.uid, sender_email=user.email,
+                           blob=blob, category=cat, pool=pool.name, recipients=tuple(remote), created_s=now,
+                           size=len(raw), dkim_header=header)
 
 
 def parse_cursor(value: str | None) -> int:

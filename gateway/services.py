@@ -9,10 +9,12 @@ from gateway.blobwriter import BlobWriter
 from gateway.events import EventSink
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
+from gateway.outbound import OutboundClient
 from gateway.router import ShardRouter
 from raymail.config import Config
 from raymail.dns import Resolver
 from raymail.model import User
+from raymail.outbound.dkim import DomainKey, load_key
 from raymail.ratelimit import TokenBuckets
 from raymail.store.blobs import BlobStore
 from raymail.store.directory import Directory
@@ -34,9 +36,25 @@ class Services:
     def __post_init__(self) -> None:
         self.blob_writer = BlobWriter(self.blobs, "msg")
         self.events = EventSink(self.config.cluster.namespace)
+        g = self.config.gateway
+        # None when no IP pool is configured: mail then stays inside the local domains.
+        self.outbound = OutboundClient("outbound-spool", self.config.cluster.namespace, max_items=g.batch_max_ops,
+                                       max_inflight=g.max_inflight_batches, timeout_s=g.request_timeout_s) \
+            if self.config.outbound.pools else None
         self.resolver = Resolver.from_config(self.config.dns)  # one TTL cache per process
         self._by_token: dict[str, tuple[User, float]] = {}
         self._by_email: dict[str, tuple[User, float]] = {}
+        self._dkim: dict[str, tuple[DomainKey | None, float]] = {}
+
+    def dkim_key(self, domain: str) -> DomainKey | None:
+        """The domain's DKIM key (checked on disk at most every 30 s per domain)."""
+        now = time.monotonic()
+        hit = self._dkim.get(domain)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        key = load_key(self.config.data_path, domain)
+        self._dkim[domain] = (key, now + _USER_CACHE_TTL_S)
+        return key
 
     def user_for_token(self, token: str) -> User | None:
         now = time.monotonic()

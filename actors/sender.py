@@ -1,0 +1,307 @@
+"""SenderActor: delivers one pool's mail from one source IP over SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import aiosmtplib
+
+from raymail import codec, skeleton
+from raymail.config import Config
+from raymail.dns import DnsTempError, NullMx, Resolver
+from raymail.errors import StorageError
+from raymail.outbound import retry
+from raymail.outbound.records import OutboundMessage
+from raymail.store.blobs import BlobMissing, BlobStore
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL_S = 1.0
+_CAP_POLL_S = 5.0
+
+
+def read_message(blobs: BlobStore, key: str) -> bytes:
+    """The message's RFC 5322 bytes (a stored skeleton is filled from its attachment blobs)."""
+    stored = blobs.get(key)
+    segments = skeleton.unpack(stored)
+    return stored if segments is None else b"".join(skeleton.iter_raw(segments, blobs.read_range))
+
+
+def sender_name(pool: str, ip: str) -> str:
+    return f"sender-{pool}-{ip}"
+
+
+@dataclass
+class _Job:
+    msg: OutboundMessage
+    rcpts: tuple[str, ...]
+
+
+class _Reporter:
+    """Coalesces results from every connection into few ``report`` calls; each caller
+    waits until the spool has its result on disk before its connection sends more."""
+
+    def __init__(self, spool: Any, ip: str) -> None:
+        self.spool, self.ip = spool, ip
+        self.pending: list[tuple[tuple, asyncio.Future]] = []
+        self.running = False
+
+    async def report(self, results: list[tuple[str, str, int, str]]) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.extend((r, fut) for r in results[:-1])
+        self.pending.append((results[-1], fut))
+        if not self.running:
+            asyncio.ensure_future(self._run())
+        await fut
+
+    async def _run(self) -> None:
+        self.running = True
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    await self.spool.report.remote(self.ip, [r for r, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - the leases expire and the work goes again
+                    log.warning("sender %s: report failed: %r", self.ip, exc)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+        finally:
+            self.running = False
+
+
+class SenderActor:
+    """Delivers work from its pool's queue, with ``source_address`` = its IP.
+
+    Guarantees:
+    - It sends only what the spool leased to it, never more than the IP's warm-up
+      quota; it reports every outcome and waits for the spool to have it on disk
+      before the same connection sends again, so a sender killed at any moment
+      leaves at most one message per open connection delivered but unreported.
+    - At most ``per_domain_connections`` connections to a destination domain and
+      ``max_connections`` in all; one connection carries up to
+      ``messages_per_connection`` messages. STARTTLS whenever offered (without
+      certificate checks, as opportunistic TLS is, RFC 7435); plain otherwise.
+    """
+
+    def __init__(self, config: Config, pool: str, ip: str, spool_name: str, namespace: str) -> None:
+        import ray
+
+        self.config = config
+        self.ob = config.outbound
+        self.pool, self.ip = pool, ip
+        self.spool = ray.get_actor(spool_name, namespace=namespace)
+        self.blobs = BlobStore(config.storage_url, config.storage.options)
+        self.resolver = Resolver.from_config(config.dns)
+        self.reporter = _Reporter(self.spool, ip)
+        self.conns = asyncio.Semaphore(self.ob.max_connections)
+        self.per_domain: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(self.ob.per_domain_connections))
+        # Work taken but not finished: bounded, so the queue's entries stay with IPs that have room.
+        self.inflight = asyncio.Semaphore(self.ob.max_connections * 2)
+        self.sent = 0
+        self.connections = 0
+        self._task = asyncio.get_event_loop().create_task(self._run())
+
+    # -- the work loop ------------------------------------------------------------
+    async def _run(self) -> None:
+        from ray.util.queue import Empty
+
+        await self.spool.hello.remote(self.ip)
+        queue = await self.spool.queue.remote(self.pool)
+        left = await self.spool.quota.remote(self.ip)
+        while True:
+            try:
+                if left == 0:
+                    await asyncio.sleep(_CAP_POLL_S)
+                    left = await self.spool.quota.remote(self.ip)
+                    continue
+                await self.inflight.acquire()
+                try:
+                    entry = await queue.get_async(timeout=_IDLE_POLL_S)
+                except Empty:
+                    self.inflight.release()
+                    continue
+                except BaseException:
+                    self.inflight.release()
+                    raise
+                jobs = [_Job(m, tuple(r)) for m, r in codec.decode(entry)]
+                keys = [(j.msg.id, r) for j in jobs for r in j.rcpts]
+                granted, left = await self.spool.claim.remote(self.ip, keys)
+                ok = set(map(tuple, granted))
+                jobs = [_Job(j.msg, g) for j in jobs if (g := tuple(r for r in j.rcpts if (j.msg.id, r) in ok))]
+                task = asyncio.ensure_future(self._deliver_entry(jobs))
+                task.add_done_callback(lambda _: self.inflight.release())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never die silently; a lost queue is fetched again
+                log.warning("sender %s: %r; fetching the queue again", self.ip, exc)
+                await asyncio.sleep(0.5)
+                try:
+                    queue = await self.spool.queue.remote(self.pool)
+                    left = await self.spool.quota.remote(self.ip)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def _deliver_entry(self, jobs: list[_Job]) -> None:
+        # Read each message once per entry, before any connection: what cannot be read
+        # is reported at once (dead when gone, deferred when storage is down).
+        raws: dict[str, bytes] = {}
+        failed = []
+        for job in jobs:
+            if job.msg.id in raws:
+                continue
+            try:
+                raws[job.msg.id] = job.msg.dkim_header.encode("ascii") + await asyncio.to_thread(
+                    read_message, self.blobs, job.msg.blob)
+            except BlobMissing as exc:
+                failed += [(job.msg.id, r, retry.INTERNAL, f"the stored message is gone: {exc}") for r in job.rcpts]
+            except StorageError as exc:
+                failed += [(job.msg.id, r, 451, f"4.3.0 local storage unavailable: {exc}") for r in job.rcpts]
+        if failed:
+            await self.reporter.report(failed)
+        by_domain: dict[str, dict[str, _Job]] = defaultdict(dict)
+        for job in jobs:
+            if job.msg.id not in raws:
+                continue
+            for rcpt in job.rcpts:  # recipients of one message at one domain share a transaction
+                j = by_domain[rcpt.rpartition("@")[2].lower()].setdefault(job.msg.id, _Job(job.msg, ()))
+                j.rcpts += (rcpt,)
+        await asyncio.gather(*(self._deliver_domain(d, list(js.values()), raws) for d, js in by_domain.items()))
+
+    async def _deliver_domain(self, domain: str, work: list[_Job], raws: dict[str, bytes]) -> None:
+        try:
+            targets = await self._route(domain)
+        except _Fail as f:
+            await self.reporter.report([(j.msg.id, r, f.code, f.text) for j in work for r in j.rcpts])
+            return
+        lanes = min(self.ob.per_domain_connections, len(work))
+        await asyncio.gather(*(self._lane(domain, targets, work[i::lanes], raws) for i in range(lanes)))
+
+    async def _route(self, domain: str) -> list[tuple[str, int]]:
+        static = self.ob.routes.get(domain)
+        if static:
+            host, _, port = static.rpartition(":")
+            return [(host.strip("[]"), int(port))]
+        try:
+            mxs = await self.resolver.mx(domain)
+            targets = []
+            for _, host in mxs:
+                targets += [(a, 25) for a in await self.resolver.addresses(host) if ":" not in a or ":" in self.ip]
+        except NullMx as exc:
+            raise _Fail(556, f"5.1.10 {exc}") from None
+        except DnsTempError as exc:
+            raise _Fail(retry.DNS_TEMP, f"4.4.3 {exc}") from None
+        if not mxs:
+            raise _Fail(retry.NO_ROUTE, f"5.1.2 {domain}: no such domain (no MX and no address)")
+        if not targets:
+            raise _Fail(retry.DNS_TEMP, f"4.4.3 no address found for the mail exchangers of {domain}")
+        return targets
+
+    async def _lane(self, domain: str, targets: list[tuple[str, int]], work: list[_Job],
+                    raws: dict[str, bytes]) -> None:
+        """One connection at a time, several messages on each."""
+        async with self.per_domain[domain], self.conns:
+            while work:
+                smtp, where, why = await self._connect(targets)
+                if smtp is None:
+                    await self.reporter.report([(j.msg.id, r, retry.CONNECT_FAILED, why) for j in work for r in j.rcpts])
+                    return
+                try:
+                    batch, work = work[: self.ob.messages_per_connection], work[self.ob.messages_per_connection :]
+                    for i, job in enumerate(batch):
+                        results, alive = await self._send(smtp, job, raws[job.msg.id], where)
+                        await self.reporter.report(results)
+                        if not alive:
+                            work = batch[i + 1 :] + work  # a fresh connection for the rest
+                            break
+                finally:
+                    await self._close(smtp)
+
+    async def _connect(self, targets: list[tuple[str, int]]) -> tuple[Any, str, str]:
+        why = "4.4.1 no mail exchanger reachable"
+        for host, port in targets:
+            for tls in (None, False):  # STARTTLS when offered; plain again if its handshake fails
+                smtp = aiosmtplib.SMTP(hostname=host, port=port, source_address=(self.ip, 0),
+                                       local_hostname=self.config.server.hostname, timeout=self.ob.smtp_timeout_s,
+                                       start_tls=tls, validate_certs=False, tls_context=_OPPORTUNISTIC)
+                try:
+                    await smtp.connect()
+                    self.connections += 1
+                    return smtp, f"{host}:{port}", ""
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    why = f"4.4.1 connect to {host}:{port} from {self.ip} failed: {exc}"
+                    smtp.close()
+                    if not _tls_failure(exc):
+                        break
+        return None, "", why
+
+    async def _close(self, smtp: Any) -> None:
+        try:
+            if smtp.is_connected:
+                await asyncio.wait_for(smtp.quit(), 5)
+        except Exception:  # noqa: BLE001
+            smtp.close()
+
+    async def _send(self, smtp: Any, job: _Job, raw: bytes, where: str) -> tuple[list[tuple[str, str, int, str]], bool]:
+        """One transaction; returns per-recipient results and whether the connection is usable."""
+        mid = job.msg.id
+        results: dict[str, tuple[int, str]] = {}
+        try:
+            await smtp.mail(job.msg.sender_email)
+            accepted = []
+            for r in job.rcpts:
+                try:
+                    await smtp.rcpt(r)
+                    accepted.append(r)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    results[r] = (exc.code, f"{exc.message} (from {where})")
+            if accepted:
+                resp = await smtp.data(raw)
+                for r in accepted:
+                    results[r] = (resp.code, f"{resp.message} (from {where})")
+                self.sent += 1
+            else:
+                await smtp.rset()
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError, TimeoutError) as exc:
+            return [(mid, r, *results.get(r, (retry.CONNECT_FAILED, f"4.4.2 connection to {where} lost: {exc!r}")))
+                    for r in job.rcpts], False
+        except aiosmtplib.SMTPResponseException as exc:  # MAIL or DATA refused: for every recipient left
+            for r in job.rcpts:
+                results.setdefault(r, (exc.code, f"{exc.message} (from {where})"))
+            try:
+                await smtp.rset()
+            except Exception:  # noqa: BLE001
+                return [(mid, r, *results[r]) for r in job.rcpts], False
+        return [(mid, r, *results[r]) for r in job.rcpts], True
+
+    def stats(self) -> dict:
+        return {"pool": self.pool, "ip": self.ip, "pid": os.getpid(), "sent": self.sent,
+                "connections": self.connections, "running": not self._task.done(), "ts": time.time()}
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    return isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError) or "tls" in str(exc).lower()
+
+
+def _opportunistic_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+_OPPORTUNISTIC = _opportunistic_context()

@@ -1,0 +1,468 @@
+"""OutboundSpool: the durable truth of outbound mail, and the dispatcher of its work.
+
+Work flows: gateways ``enqueue`` -> the spool puts due recipients, grouped by
+destination domain, into one Ray queue per IP pool -> a pool's sender actors take
+entries, ``claim`` them (warm-up quota and lease) -> ``report`` the SMTP outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from gateway.events import EventSink
+from raymail import codec, compose
+from raymail.config import Config
+from raymail.errors import StorageError
+from raymail.model import Address, Deliver, EmailMeta
+from raymail.outbound import dsn, retry, suppression, warmup
+from raymail.outbound.records import (
+    Attempt,
+    OutboundMessage,
+    QuotaUse,
+    Requeue,
+    SpoolState,
+    Status,
+    Suppress,
+    Unsuppress,
+)
+from raymail.outbound.retry import Action
+from raymail.store.blobs import BlobStore
+from raymail.store.log import DurableLog
+
+log = logging.getLogger(__name__)
+
+SPOOL_NAME = "outbound-spool"
+_TICK_S = 0.05
+_SCAN_EVERY_S = 0.5
+_SNAPSHOT_EVERY_BYTES = 16 * 1024 * 1024
+
+Key = tuple[str, str]  # (outbound message id, recipient)
+
+
+def queue_name(pool: str) -> str:
+    return f"outq-{pool}"
+
+
+def domain_of(rcpt: str) -> str:
+    return rcpt.rpartition("@")[2].lower()
+
+
+class OutboundSpool:
+    """One per deployment.
+
+    Guarantees:
+    - ``enqueue``, ``claim``, ``report`` and the admin changes return only after
+      their log records are fsync'd (group commit). The log replays into exactly
+      the acknowledged state: unfinished recipients, suppressions, warm-up counters.
+    - Queues hold copies: on start every unfinished recipient goes into fresh
+      queues; a queue entry nobody claimed within ``lease_s`` is put again.
+    - A recipient is leased to one sender IP at a time; a lease that is neither
+      reported within ``lease_s`` nor kept by a live sender (``hello`` after a
+      restart drops the restarted IP's leases) returns to the queue. So a message
+      is delivered at least once, and twice only if a sender died between the
+      destination's 250 and its report.
+    - ``claim`` never grants an IP more than its warm-up cap for the UTC day.
+    """
+
+    def __init__(self, config: Config, shard_names: list[str], namespace: str) -> None:
+        self.config = config
+        self.ob = config.outbound
+        self.namespace = namespace
+        self.shard_names = shard_names
+        started = time.perf_counter()
+        self.log = DurableLog(config.data_path / "outbound" / "spool")
+        rec = self.log.recover()
+        self.state = SpoolState.load(codec.decode(rec.snapshot)) if rec.snapshot else SpoolState()
+        for record in rec.records:
+            for r in codec.decode(record):
+                self.state.apply(r)
+        self.blobs = BlobStore(config.storage_url, config.storage.options)
+        self.events = EventSink(namespace)
+        self.pool_of_ip = {ip: p.name for p in self.ob.pools for ip in p.ips}
+        self.ready: dict[str, dict[Key, None]] = {p.name: {} for p in self.ob.pools}  # ordered sets, FIFO
+        self.later: list[tuple[float, Key]] = []  # deferred: (next attempt, key)
+        self.dispatched: dict[Key, tuple[float, str]] = {}  # in a queue since, pool
+        self.in_queue: dict[str, int] = defaultdict(int)  # per pool
+        self.leased: dict[Key, tuple[str, float]] = {}  # -> (ip, deadline)
+        self.queues: dict[str, Any] = {}
+        self._router: Any = None
+        self._wake = asyncio.Event()
+        self._snapshotting = False
+        now = time.time()
+        for msg, rcpt, st in self.state.pending():
+            self._schedule(msg, rcpt, st.next_s, now)
+        self.recovered = {"pending": sum(len(r) for r in self.ready.values()) + len(self.later),
+                          "snapshot": rec.snapshot is not None, "records": len(rec.records),
+                          "seconds": round(time.perf_counter() - started, 3)}
+        log.info("outbound spool recovered: %s", self.recovered)
+        self._make_queues()
+        self._task = asyncio.get_event_loop().create_task(self._dispatch_loop())
+
+    # -- queues ---------------------------------------------------------------
+    def _make_queues(self) -> None:
+        import ray
+        from ray.util.queue import Queue
+
+        for pool in self.ob.pools:
+            name = queue_name(pool.name)
+            try:  # a queue left by an earlier incarnation holds stale copies
+                ray.kill(ray.get_actor(name, namespace=self.namespace))
+            except ValueError:
+                pass
+            self.queues[pool.name] = Queue(actor_options={"name": name, "namespace": self.namespace,
+                                                          "num_cpus": 0, "max_concurrency": 1000})
+
+    def queue(self, pool: str) -> Any:
+        """The pool's queue (senders call this again when a queue call fails)."""
+        return self.queues[pool]
+
+    def _schedule(self, msg: OutboundMessage, rcpt: str, next_s: float, now: float) -> None:
+        key = (msg.id, rcpt)
+        if next_s > now:
+            heapq.heappush(self.later, (next_s, key))
+        else:
+            self.ready.setdefault(msg.pool, {})[key] = None
+            self._wake.set()
+
+    def _pending(self, key: Key) -> OutboundMessage | None:
+        states = self.state.rcpts.get(key[0])
+        st = states.get(key[1]) if states else None
+        if st is None or st.status not in (Status.QUEUED, Status.DEFERRED):
+            return None
+        return self.state.messages[key[0]]
+
+    def _undispatch(self, key: Key) -> None:
+        hit = self.dispatched.pop(key, None)
+        if hit is not None:
+            self.in_queue[hit[1]] -= 1
+
+    def _release(self, key: Key) -> None:
+        """Back to the ready set (unless finished meanwhile)."""
+        self.leased.pop(key, None)
+        self._undispatch(key)
+        msg = self._pending(key)
+        if msg is not None:
+            self.ready.setdefault(msg.pool, {})[key] = None
+            self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        last_scan = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), _SCAN_EVERY_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                now = time.time()
+                if now - last_scan >= _SCAN_EVERY_S:
+                    last_scan = now
+                    self._expire(now)
+                await self._dispatch()
+            except Exception:  # noqa: BLE001 - the loop must go on
+                log.exception("outbound spool: dispatch failed")
+            await asyncio.sleep(_TICK_S)  # a burst of enqueues gathers into larger entries
+
+    def _expire(self, now: float) -> None:
+        while self.later and self.later[0][0] <= now:
+            _, key = heapq.heappop(self.later)
+            msg = self._pending(key)
+            if msg is not None and key not in self.leased and key not in self.dispatched:
+                self.ready.setdefault(msg.pool, {})[key] = None
+        for key, (ip, deadline) in list(self.leased.items()):
+            if deadline <= now:
+                log.warning("outbound: the lease of %s by %s expired; queued again", key, ip)
+                self._release(key)
+        stale = now - self.ob.lease_s
+        for key, (since, _) in list(self.dispatched.items()):
+            if since <= stale:  # its queue entry was lost, or no sender could take it
+                self._release(key)
+
+    async def _dispatch(self) -> None:
+        size = self.ob.batch_size
+        for pool in self.ob.pools:
+            ready = self.ready.get(pool.name)
+            if not ready:
+                continue
+            # Only a few batches per IP wait in the queue: the rest stays here, movable.
+            room = size * len(pool.ips) * 4 - self.in_queue[pool.name]
+            if room <= 0:
+                continue
+            by_domain: dict[str, list[Key]] = defaultdict(list)
+            taken = 0
+            for key in list(ready):
+                if taken >= room:
+                    break
+                del ready[key]
+                if self._pending(key) is None or key in self.leased or key in self.dispatched:
+                    continue
+                by_domain[domain_of(key[1])].append(key)
+                taken += 1
+            now = time.time()
+            entries = []
+            for keys in by_domain.values():
+                for i in range(0, len(keys), size):
+                    grouped: dict[str, list[str]] = defaultdict(list)
+                    for mid, rcpt in keys[i : i + size]:
+                        grouped[mid].append(rcpt)
+                        self.dispatched[(mid, rcpt)] = (now, pool.name)
+                        self.in_queue[pool.name] += 1
+                    entries.append(codec.encode([(self.state.messages[m], tuple(r)) for m, r in grouped.items()]))
+            if entries:
+                try:
+                    await self.queues[pool.name].actor.put_nowait_batch.remote(entries)
+                except Exception:  # noqa: BLE001 - a lost queue: a new one, and everything in it goes again
+                    log.exception("outbound: the queue of pool %s failed; making a new one", pool.name)
+                    self._recreate(pool.name)
+
+    def _recreate(self, pool: str) -> None:
+        from ray.util.queue import Queue
+
+        for key in [k for k, (_, p) in self.dispatched.items() if p == pool]:
+            self._release(key)
+        self.queues[pool] = Queue(actor_options={"namespace": self.namespace, "num_cpus": 0,
+                                                 "max_concurrency": 1000})
+
+    async def _append(self, records: list) -> None:
+        """Log ``records`` (already applied to the state); returns once durable."""
+        try:
+            await self.log.append(codec.encode(records))
+        except StorageError:
+            # Memory holds what the disk may not: restart from the log; calls are re-sent.
+            log.critical("outbound spool cannot write its log; restarting")
+            os._exit(70)
+        if self.log.bytes_since_snapshot > _SNAPSHOT_EVERY_BYTES and not self._snapshotting:
+            asyncio.ensure_future(self._snapshot())
+
+    async def _snapshot(self) -> None:
+        self._snapshotting = True
+        try:
+            await self.log.snapshot(lambda: codec.encode(self.state.dump()))
+        except Exception:  # noqa: BLE001
+            log.exception("outbound spool: snapshot failed; the log keeps growing until the next try")
+        finally:
+            self._snapshotting = False
+
+    # -- from gateways ----------------------------------------------------------
+    async def enqueue(self, encoded: bytes) -> int:
+        """Codec-encoded ``[OutboundMessage, ...]``; returns once they are durable.
+        Idempotent: a message id already known is not queued twice."""
+        msgs = [m for m in codec.decode(encoded) if m.id not in self.state.messages]
+        if not msgs:
+            await self.log.wait_durable()
+            return 0
+        for m in msgs:
+            self.state.apply(m)
+        await self._append(msgs)
+        now = time.time()
+        for m in msgs:
+            for rcpt in dict.fromkeys(m.recipients):
+                self._schedule(m, rcpt, 0.0, now)
+                self.events.record("queued", smtp_code=0, message_id=m.message_id, sender=m.sender_email,
+                                   recipient_domain=domain_of(rcpt), pool=m.pool, detail=m.id)
+        return len(msgs)
+
+    async def suppressed(self, requests: list[tuple[str, str, list[str]]]) -> list[list[tuple[str, str]]]:
+        """For each (sender uid, sender email, addresses): the suppressed ones and why.
+        A refusal is an event (``suppressed``) for the reputation pipelines."""
+        await self.log.wait_durable()  # answer from durable state only
+        out = []
+        for uid, sender, addrs in requests:
+            scope = suppression.scope_for(self.ob.suppression, uid)
+            hits = [(a, why) for a in addrs if (why := self.state.is_suppressed(scope, a)) is not None]
+            for a, why in hits:
+                self.events.record("suppressed", smtp_code=0, sender=sender, recipient_domain=domain_of(a),
+                                   detail=f"refused at send: {why}")
+            out.append(hits)
+        return out
+
+    # -- from senders -------------------------------------------------------------
+    def hello(self, ip: str) -> int:
+        """A sender (re)started: the leases its earlier incarnation held go back to the queue."""
+        mine = [k for k, (owner, _) in self.leased.items() if owner == ip]
+        for key in mine:
+            self._release(key)
+        if mine:
+            log.warning("outbound: sender %s restarted; %d leased recipients queued again", ip, len(mine))
+        return len(mine)
+
+    def quota(self, ip: str) -> int | None:
+        return self.state.remaining(ip, time.time(), self.ob.warmup_daily_caps, ip in self.ob.warmed_ips)
+
+    async def claim(self, ip: str, keys: list[Key]) -> tuple[list[Key], int | None]:
+        """Lease what ``ip`` may send now out of a queue entry it took; the rest goes
+        back to the ready set for another IP (or tomorrow). Returns the granted keys
+        and the IP's quota left today (None: no cap)."""
+        now = time.time()
+        valid = []
+        for k in map(tuple, keys):
+            if self._pending(k) is not None and k not in self.leased:
+                valid.append(k)
+            else:
+                self._undispatch(k)  # a stale copy: finished, or leased to another IP
+        left = self.quota(ip)
+        n = warmup.grant(len(valid), left)
+        granted, refused = valid[:n], valid[n:]
+        deadline = now + self.ob.lease_s
+        for k in granted:
+            self._undispatch(k)
+            self.leased[k] = (ip, deadline)
+        for k in refused:
+            self._release(k)
+        if granted:
+            use = QuotaUse(ip, warmup.day_of(now), len(granted))
+            self.state.apply(use)
+            await self._append([use])
+        return granted, None if left is None else left - n
+
+    async def report(self, ip: str, results: list[tuple[str, str, int, str]]) -> int:
+        """Outcomes from a sender: (message id, recipient, SMTP code, text). Returns once
+        they are durable; then events, suppressions and bounce reports follow."""
+        now = time.time()
+        pool = self.pool_of_ip.get(ip, "")
+        records: list = []
+        bounced: dict[str, list[dsn.Failure]] = defaultdict(list)
+        deferred = []
+        for mid, rcpt, code, text in results:
+            key = (mid, rcpt)
+            if self.leased.get(key, (ip,))[0] != ip:
+                continue  # the lease moved on (expired); the new holder reports
+            self.leased.pop(key, None)
+            msg = self._pending(key)
+            if msg is None:
+                continue
+            st = self.state.rcpts[mid][rcpt]
+            d = retry.decide(code, st.attempts + 1, msg.created_s, now, self.ob.retry_backoff_s, self.ob.retry_max_age_s)
+            att = Attempt(mid, rcpt, d.action.value, code, text[:1000], ip, now, d.next_s)
+            records.append(att)
+            event = d.action.value
+            if d.action is Action.BOUNCED:
+                bounced[mid].append(dsn.Failure(rcpt, retry.enhanced_status(code, text) if not d.expired else "4.4.7",
+                                                code, text if not d.expired else f"gave up after {st.attempts + 1} "
+                                                f"attempts; last reply: {code} {text}"))
+                if not d.expired:  # a hard bounce: this address is not mailed again
+                    records.append(Suppress(suppression.scope_for(self.ob.suppression, msg.sender_uid), rcpt,
+                                            f"{code} {text}"[:300], now))
+            elif d.action is Action.DEFERRED:
+                deferred.append((msg, rcpt, d.next_s))
+            self.events.record(event, smtp_code=code, message_id=msg.message_id, sender=msg.sender_email,
+                               recipient_domain=domain_of(rcpt), pool=pool or msg.pool, ip=ip, detail=text)
+        msgs = {mid: self.state.messages[mid] for mid in bounced}
+        for r in records:
+            self.state.apply(r)
+        if records:
+            await self._append(records)
+        for msg, rcpt, next_s in deferred:
+            self._schedule(msg, rcpt, next_s, now)
+        for mid, failures in bounced.items():
+            asyncio.ensure_future(self._bounce(msgs[mid], failures, now))
+        return len(records)
+
+    # -- bounces ------------------------------------------------------------------
+    def _shards(self) -> Any:
+        if self._router is None:
+            import ray
+
+            from gateway.router import ShardRouter
+
+            g = self.config.gateway
+            handles = [ray.get_actor(n, namespace=self.namespace) for n in self.shard_names]
+            self._router = ShardRouter(handles, max_ops=g.batch_max_ops, max_inflight=g.max_inflight_batches,
+                                       timeout_s=g.request_timeout_s)
+        return self._router
+
+    async def _bounce(self, msg: OutboundMessage, failures: list[dsn.Failure], now: float) -> None:
+        """A DSN into the sender's Inbox (the shard pushes it to their sockets)."""
+        from actors.sender import read_message
+
+        try:
+            try:
+                original = await asyncio.to_thread(read_message, self.blobs, msg.blob)
+            except StorageError:
+                original = f"Message-ID: {msg.message_id}\r\n".encode()
+            parsed_orig = compose.parse(dsn.original_headers(original) + b"\r\n")
+            hostname = self.config.server.hostname
+            raw, dsn_id = dsn.build(reporting_mta=hostname, to=msg.sender_email,
+                                    original_message_id=msg.message_id, original_subject=parsed_orig.subject,
+                                    failures=failures, headers=dsn.original_headers(original),
+                                    arrival_s=msg.created_s, now_s=now)
+            blob = await asyncio.to_thread(self.blobs.put, "msg", raw)
+            parsed = compose.parse(raw)
+            meta = EmailMeta(
+                id=uuid.uuid4().hex, uid=msg.sender_uid, message_id=dsn_id, folder="inbox",
+                sender=Address(f"MAILER-DAEMON@{hostname}", "Mail Delivery System"), to=(Address(msg.sender_email),),
+                cc=(), bcc=(), subject=parsed.subject, snippet=compose.snippet_of(parsed.text), date=now,
+                size=len(raw), unread=True, has_attachments=False, blob=blob,
+            )
+            (res,) = await self._shards().apply([Deliver(msg.sender_uid, meta, now, parsed.text)])
+            if not res.ok:
+                raise RuntimeError(res.message)
+        except Exception:  # noqa: BLE001 - the bounce is recorded; its report is best effort
+            log.exception("outbound: the bounce report for %s could not be delivered to %s", msg.id,
+                          msg.sender_email)
+
+    # -- operators ------------------------------------------------------------------
+    async def summary(self) -> dict:
+        """Queued, deferred, in flight and dead recipients per pool and destination domain."""
+        await self.log.wait_durable()
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for mid, states in self.state.rcpts.items():
+            msg = self.state.messages[mid]
+            for rcpt, st in states.items():
+                if st.status in (Status.DELIVERED, Status.BOUNCED):
+                    continue
+                state = st.status.value
+                if (mid, rcpt) in self.leased:
+                    state = "sending"
+                counts = out.setdefault(msg.pool, {}).setdefault(domain_of(rcpt), {})
+                counts[state] = counts.get(state, 0) + 1
+        quotas = {ip: self.quota(ip) for ip in self.pool_of_ip}
+        return {"pools": out, "quota_left_today": quotas, "finished": self.state.finished,
+                "suppressed": len(self.state.suppressed)}
+
+    async def dead(self) -> list[dict]:
+        await self.log.wait_durable()
+        return [{"id": mid, "recipient": r, "pool": self.state.messages[mid].pool,
+                 "sender": self.state.messages[mid].sender_email, "code": st.code, "text": st.text,
+                 "attempts": st.attempts}
+                for mid, states in self.state.rcpts.items() for r, st in states.items() if st.status is Status.DEAD]
+
+    async def retry_dead(self, message_id: str = "") -> int:
+        """Send dead recipients (all, or one message's) back to the queue."""
+        now = time.time()
+        recs = [Requeue(mid, r, now) for mid, states in self.state.rcpts.items() for r, st in states.items()
+                if st.status is Status.DEAD and (not message_id or mid == message_id)]
+        for r in recs:
+            self.state.apply(r)
+        if recs:
+            await self._append(recs)
+        for r in recs:
+            self._schedule(self.state.messages[r.message], r.rcpt, 0.0, now)
+        return len(recs)
+
+    async def unsuppress(self, address: str, sender_uid: str = "") -> int:
+        scopes = {s for (s, a) in self.state.suppressed if a == address.lower()
+                  and (not sender_uid or s in (sender_uid, suppression.GLOBAL))}
+        recs = [Unsuppress(s, address) for s in scopes]
+        for r in recs:
+            self.state.apply(r)
+        if recs:
+            await self._append(recs)
+        return len(recs)
+
+    def stats(self) -> dict:
+        return {"pid": os.getpid(), "recovered": self.recovered, "messages": len(self.state.messages),
+                "ready": {p: len(r) for p, r in self.ready.items()}, "later": len(self.later),
+                "dispatched": len(self.dispatched), "leased": len(self.leased), "finished": self.state.finished}
+
+    async def flush(self) -> bool:
+        await self.log.wait_durable()
+        self.events.flush()
+        return True

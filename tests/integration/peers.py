@@ -1,0 +1,154 @@
+"""Real peers for outbound tests: receiving MTAs (aiosmtpd) on loopback addresses and a
+small authoritative DNS server. Linux routes all of 127.0.0.0/8 to lo, so each peer
+(and each sender IP) can have an address of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Received:
+    peer_ip: str
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
+    ts: float
+
+    @property
+    def message_id(self) -> str:
+        return email.message_from_bytes(self.data)["Message-ID"] or ""
+
+
+@dataclass
+class Receiver:
+    """An MX that records every message with the address it came from.
+
+    ``script`` holds replies for successive DATA commands (then 250 for ever):
+    "250", "451 ...", "550 ...", or "drop" (close the connection mid-DATA, no reply).
+    ``rcpt_script`` does the same for RCPT. ``delay_s`` slows every DATA."""
+
+    host: str
+    port: int = 0
+    script: list[str] = field(default_factory=list)
+    rcpt_script: list[str] = field(default_factory=list)
+    delay_s: float = 0.0
+    received: list[Received] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list)
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port(self.host)
+        self._lock = threading.Lock()
+        self.controller = Controller(self, hostname=self.host, port=self.port, ready_timeout=10)
+
+    def start(self) -> Receiver:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    @property
+    def route(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          options: list[str]) -> str:
+        with self._lock:
+            reply = self.rcpt_script.pop(0) if self.rcpt_script else "250 OK"
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self._lock:
+            self.attempts += 1
+            self.peers.append(session.peer[0])
+            reply = self.script.pop(0) if self.script else "250 2.0.0 OK"
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if reply == "drop":
+            server.transport.abort()
+            return "421 closed"  # never reaches the client
+        if reply.startswith("250"):
+            with self._lock:
+                self.received.append(Received(session.peer[0], envelope.mail_from, list(envelope.rcpt_tos),
+                                              envelope.original_content or envelope.content, time.time()))
+        return reply
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [r.message_id for r in self.received]
+
+
+async def wait_for(pred, timeout: float = 20.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(every)
+
+
+class DnsServer:
+    """An authoritative UDP DNS server for test zones: ``records`` maps (name, type)
+    to rdata texts; any other name is NXDOMAIN."""
+
+    def __init__(self, records: dict[tuple[str, str], list[str]], host: str = "127.0.0.1") -> None:
+        self.records = {(n.lower().rstrip("."), t): v for (n, t), v in records.items()}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> DnsServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except (TimeoutError, OSError):
+                continue
+            query = dns.message.from_wire(data)
+            reply = dns.message.make_response(query)
+            reply.flags |= dns.flags.AA
+            q = query.question[0]
+            name = q.name.to_text(omit_final_dot=True).lower()
+            rtype = dns.rdatatype.to_text(q.rdtype)
+            values = self.records.get((name, rtype))
+            if values:
+                reply.answer.append(dns.rrset.from_text_list(q.name, 60, "IN", rtype, values))
+            elif not any(n == name for n, _ in self.records):
+                reply.set_rcode(dns.rcode.NXDOMAIN)
+            self.sock.sendto(reply.to_wire(), addr)
