@@ -42,6 +42,22 @@ SPEC: dict = {
                     "cc": {"type": "array", "items": {"$ref": "#/components/schemas/Address"}},
                     "subject": {"type": "string"}, "snippet": {"type": "string"}, "date": {"type": "number"},
                     "size": {"type": "integer"}, "unread": {"type": "boolean"}, "has_attachments": {"type": "boolean"},
+                    "auth": {"$ref": "#/components/schemas/AuthResults"},
+                },
+            },
+            "AuthResults": {
+                "type": "object", "nullable": True,
+                "description": "SPF, DKIM and DMARC of mail received by the MX; null for other mail",
+                "properties": {
+                    "spf": {"type": "string", "enum": ["pass", "fail", "softfail", "neutral", "none", "temperror",
+                                                       "permerror"]},
+                    "dkim": {"type": "string", "enum": ["pass", "fail", "neutral", "none", "temperror", "permerror"]},
+                    "dmarc": {"type": "string", "enum": ["pass", "fail", "none", "temperror", "permerror"]},
+                    "policy": {"type": "string", "description": "DMARC policy applied on failure: none, quarantine, "
+                                                                "reject, or empty"},
+                    "spf_domain": {"type": "string"},
+                    "dkim_domains": {"type": "array", "items": {"type": "string"}},
+                    "from_domain": {"type": "string"},
                 },
             },
             "Page": {
