@@ -8,6 +8,7 @@ failure answers 451 and the sender retries.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import ssl
@@ -191,7 +192,25 @@ class SubmissionHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
-        return _recipient(self.svc, envelope, address, smtp_rules.submission_rcpt_reply)
+        svc = self.svc
+        enabled = svc.outbound is not None
+
+        def rule(a: str, is_local: Any, exists: Any) -> str:
+            return smtp_rules.submission_rcpt_reply(a, is_local, exists, enabled)
+
+        reply = _recipient(svc, envelope, address, rule)
+        if reply.startswith("250") and enabled and not svc.directory.is_local_domain(addresses.domain_of(
+                envelope.rcpt_tos[-1])):
+            user = session.auth_data
+            try:
+                hits = await svc.outbound.suppressed(user.uid, user.email, [envelope.rcpt_tos[-1].lower()])
+            except ApiError:
+                envelope.rcpt_tos.pop()
+                return "451 4.3.0 The outbound queue is unavailable; try again later"
+            if hits:
+                envelope.rcpt_tos.pop()
+                return smtp_rules.SUPPRESSED
+        return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
@@ -204,11 +223,50 @@ class SubmissionHandler:
         if wait_s > 0:
             return f"451 4.7.1 Sending too fast; retry in {wait_s:.0f} s"
         targets = [(user.uid, "sent", False)]
+        remote = []
         for rcpt in dict.fromkeys(envelope.rcpt_tos):
             r = self.svc.user_for_email(rcpt)
             if r is not None:
                 targets.append((r.uid, "inbox", True))
-        return await store_and_deliver(self.svc, session, envelope, raw, targets, None, "submission")
+            elif not self.svc.directory.is_local_domain(addresses.domain_of(rcpt)):
+                remote.append(rcpt.lower())
+        outbound = None
+        if remote:
+            try:
+                outbound = await self._outbound(session, envelope, raw, remote)
+            except (StorageError, ApiError) as exc:
+                log.warning("submission: outbound copy not stored: %s", exc)
+                return "451 4.3.0 Temporary storage failure; please retry"
+        reply = await store_and_deliver(self.svc, session, envelope, raw, targets, None, "submission")
+        if outbound is not None and reply.startswith("250"):
+            try:
+                await self.svc.outbound.enqueue(outbound)  # type: ignore[union-attr]
+            except ApiError as exc:
+                log.warning("submission: not queued: %s", exc)
+                return "451 4.3.0 The outbound queue did not confirm; please retry"
+        return reply
+
+    async def _outbound(self, session: Session, envelope: Envelope, raw: bytes, remote: list[str]) -> Any:
+        """The copy for other domains: stored with its own trace header, classified by its
+        headers (List-Unsubscribe, Precedence), signed when the domain has a DKIM key."""
+        from email.parser import BytesHeaderParser
+
+        from gateway.app import outbound_message
+
+        user = session.auth_data
+        now = time.time()
+        trace = smtp_rules.trace_headers(
+            mail_from=envelope.mail_from or "", helo=session.host_name or "", peer_ip=str(session.peer[0]),
+            hostname=self.svc.config.server.hostname, queue_id=uuid.uuid4().hex[:16], recipient=None, now_s=now,
+            tls=bool(session.ssl))
+        # Return-Path is the final delivery's to add, never a relay's (RFC 5321 section 4.4).
+        full = trace.split(b"\r\n", 1)[1] + raw
+        blob = await asyncio.to_thread(self.svc.blobs.put, "msg", full)
+        parsed = BytesHeaderParser().parsebytes(raw)
+        headers = tuple((k, str(v)) for k, v in parsed.items())
+        message_id = str(parsed.get("Message-ID", "")).strip()
+        return await outbound_message(self.svc, user, full, blob, message_id, remote, None, headers,
+                                      uuid.uuid4().hex, now)
 
 
 def tls_context(svc: Services) -> ssl.SSLContext:

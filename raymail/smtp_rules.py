@@ -53,11 +53,17 @@ OUTBOUND_NOT_ENABLED = "550 5.7.1 Delivery to other domains is not enabled on th
 LOCKED_OUT = "454 4.7.0 Too many failed authentications from your address; try again later"
 
 
+SUPPRESSED = "550 5.7.1 Recipient address hard-bounced earlier and is suppressed; not sent"
+
+
 def submission_rcpt_reply(address: str, is_local_domain: Callable[[str], bool],
-                          user_exists: Callable[[str], bool]) -> str:
-    """The reply to ``RCPT TO`` on the submission port (authenticated senders)."""
+                          user_exists: Callable[[str], bool], outbound_enabled: bool = False) -> str:
+    """The reply to ``RCPT TO`` on the submission port (authenticated senders): other
+    domains are accepted when outbound pools are configured."""
     reply = rcpt_reply(address, is_local_domain, user_exists)
-    return OUTBOUND_NOT_ENABLED if reply == RELAY_DENIED else reply
+    if reply == RELAY_DENIED:
+        return OK if outbound_enabled else OUTBOUND_NOT_ENABLED
+    return reply
 
 
 def header_from_address(raw: bytes) -> str | None:

@@ -8,9 +8,9 @@ import email
 import uuid
 from email import policy
 
+import conftest
 import pytest
 import ray
-import conftest
 from conftest import start_app, storage_of
 from helpers import recv_until
 from peers import DnsServer, Receiver, free_port, wait_for
@@ -301,3 +301,34 @@ async def test_every_step_is_in_the_event_log(world):
     assert delivered["sender"] == alice["email"] and delivered["recipient_domain"] == "ok.test"
     events = {r["event"] for r in read_table(storage_of(app), "events").to_pylist()}
     assert {"queued", "delivered", "deferred", "bounced", "suppressed"} <= events
+
+
+async def test_submission_takes_the_same_path(world):
+    import smtplib
+    import ssl
+
+    app, peers, _, _ = world
+    alice, bob = app.user(), app.user()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    mid = f"<sub-{uuid.uuid4().hex}@example.test>"
+    msg = (f"From: {alice['email']}\r\nTo: far@ok.test, {bob['email']}\r\nSubject: via submission\r\n"
+           f"List-Unsubscribe: <mailto:unsub@example.test>\r\nMessage-ID: {mid}\r\n\r\nnewsletter\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", app.deployment.submission_port, timeout=10) as s:
+        s.starttls(context=ctx)
+        s.login(alice["email"], alice["token"])
+        assert s.sendmail(alice["email"], ["far@ok.test", bob["email"]], msg) == {}
+    got = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
+    assert got[0].peer_ip == "127.0.0.4"  # List-Unsubscribe: marketing, the marketing pool's IP
+    assert got[0].data.endswith(msg) and got[0].data.startswith(b"Received: ")
+    assert [e["subject"] for e in await inbox(app, bob)] == ["via submission"]
+    # a suppressed address is refused at RCPT
+    r = await send(app, alice, ["gone@reject.test"])
+    assert r.status_code == 201
+    await dsn_of(app, alice)
+    with smtplib.SMTP("127.0.0.1", app.deployment.submission_port, timeout=10) as s:
+        s.starttls(context=ctx)
+        s.login(alice["email"], alice["token"])
+        s.mail(alice["email"])
+        code, text = s.rcpt("gone@reject.test")
+        assert code == 550 and b"suppressed" in text

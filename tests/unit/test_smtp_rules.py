@@ -61,3 +61,12 @@ def test_trace_headers():
 )
 def test_header_from_address(raw, expected):
     assert smtp_rules.header_from_address(raw) == expected
+
+
+def test_submission_accepts_other_domains_when_outbound_is_enabled():
+    def reply(addr: str) -> str:
+        return smtp_rules.submission_rcpt_reply(addr, LOCAL.__contains__, USERS.__contains__, outbound_enabled=True)
+
+    assert reply("x@elsewhere.test") == smtp_rules.OK
+    assert reply("nobody@example.test").startswith("550 5.1.1")  # local domains stay exact
+    assert reply("no-at-sign").startswith("501")
