@@ -470,15 +470,18 @@ class DmarcResult:
     reason: str = ""
 
 
-def from_domain(raw: bytes) -> str | None:
-    """The one RFC5322.From domain; None when there is none or several differ."""
+MAX_FROM_DOMAINS = 5
+
+
+def from_domains(raw: bytes) -> list[str]:
+    """The RFC5322.From domains (usually one), in order; [] when unreadable."""
     try:
         values = BytesHeaderParser().parsebytes(raw).get_all("From") or []
-        found = {e.rpartition("@")[2].lower().rstrip(".") for _, e in getaddresses([str(v) for v in values])
-                 if "@" in e}
-    except Exception:  # noqa: BLE001 - unreadable From is "no From domain"
-        return None
-    return found.pop() if len(found) == 1 else None
+        found = [e.rpartition("@")[2].lower().rstrip(".") for _, e in getaddresses([str(v) for v in values])
+                 if "@" in e]
+    except Exception:  # noqa: BLE001 - an unreadable From is "no From domain"
+        return []
+    return list(dict.fromkeys(d for d in found if d))
 
 
 async def _dmarc_record(dns: Lookups, domain: str) -> tuple[DmarcRecord | None, bool]:
@@ -491,10 +494,27 @@ async def _dmarc_record(dns: Lookups, domain: str) -> tuple[DmarcRecord | None, 
 
 async def check_dmarc(dns: Lookups, raw: bytes, spf: SpfResult, dkims: list[DkimResult],
                       sample: Callable[[], float]) -> DmarcResult:
-    """DMARC for the message; ``sample`` draws in [0, 1) for pct= sampling."""
-    domain = from_domain(raw)
-    if domain is None:
-        return DmarcResult("permerror", reason="the message needs exactly one From domain")
+    """DMARC for the message; ``sample`` draws in [0, 1) for pct= sampling.
+
+    A From with several domains is judged by each (RFC 7489 6.6.1 lets the
+    receiver apply the strictest policy), so adding a second address cannot hide
+    a spoofed one."""
+    domains = from_domains(raw)
+    if not domains or len(domains) > MAX_FROM_DOMAINS:
+        return DmarcResult("permerror", reason="the message needs one From address (a few at most)")
+    results = [await _dmarc_one(dns, d, spf, dkims, sample) for d in domains]
+    if len(results) == 1:
+        return results[0]
+    strictness = {"reject": 3, "quarantine": 2, "none": 1, "": 0}
+    for verdict in ("fail", "temperror", "permerror"):
+        bad = [r for r in results if r.result == verdict]
+        if bad:
+            return max(bad, key=lambda r: strictness[r.policy])
+    return next((r for r in results if r.result == "pass"), results[0])
+
+
+async def _dmarc_one(dns: Lookups, domain: str, spf: SpfResult, dkims: list[DkimResult],
+                     sample: Callable[[], float]) -> DmarcResult:
     try:
         record, found = await _dmarc_record(dns, domain)
         used_sp = False

@@ -161,16 +161,23 @@ def _dead_port() -> int:
         return s.getsockname()[1]  # nothing listens there once closed
 
 
-async def test_unreachable_dns_is_temperror_not_a_refusal(ray_cluster, tmp_path):
+@pytest.mark.parametrize("action, expected", [("accept", 250), ("tempfail", 451)])
+async def test_unreachable_dns_is_temperror_never_a_refusal(ray_cluster, tmp_path, action, expected):
     from conftest import start_app
 
-    dead = start_app(tmp_path, dns={"servers": ["127.0.0.1"], "port": _dead_port(), "timeout_s": 1.0})
+    dead = start_app(tmp_path, dns={"servers": ["127.0.0.1"], "port": _dead_port(), "timeout_s": 1.0},
+                     mailauth={"dns_error_action": action})
     try:
         bob = dead.user()
         started = time.monotonic()
-        code, _ = deliver(dead, "ann@reject.test", bob["email"], message("reject.test", bob["email"], "dns down"))
-        assert code == 250  # p=reject could not even be read: accepted, verdict recorded
+        code, reply = deliver(dead, "ann@reject.test", bob["email"], message("reject.test", bob["email"], "dns down"))
         assert time.monotonic() - started < 10
+        assert code == expected  # p=reject could not even be read: never 5xx
+        if expected == 451:
+            assert reply.startswith(b"4.4.3")
+            async with dead.client(bob["token"]) as c:
+                assert (await c.get("/v1/emails")).json()["total"] == 0
+            return
         summary, raw = await only_email(dead, bob)
         assert (summary["auth"]["spf"], summary["auth"]["dmarc"]) == ("temperror", "temperror")
         assert "spf=temperror smtp.mailfrom=ann@reject.test" in auth_header(raw)

@@ -249,8 +249,14 @@ DMARC_CASES = [
      ("temperror", "reject")),
     ("no From", {"_dmarc.s.test": ["v=DMARC1; p=reject"]}, b"Subject: x\r\n\r\nbody\r\n", spf("pass"), [], 0.0,
      ("permerror", "")),
-    ("two From domains", {"_dmarc.s.test": ["v=DMARC1; p=reject"]},
-     b"From: a@s.test, b@other.test\r\n\r\nbody\r\n", spf("pass"), [], 0.0, ("permerror", "")),
+    ("second From cannot hide a spoof", {"_dmarc.s.test": ["v=DMARC1; p=reject"]},
+     b"From: a@s.test, b@other.test\r\n\r\nbody\r\n", spf("pass", "other.test"), [], 0.0, ("fail", "reject")),
+    ("strictest failing From", {"_dmarc.s.test": ["v=DMARC1; p=quarantine"], "_dmarc.t.test": ["v=DMARC1; p=reject"]},
+     b"From: a@s.test\r\nFrom: b@t.test\r\n\r\nbody\r\n", spf("pass", "x.test"), [], 0.0, ("fail", "reject")),
+    ("every From aligned", {"_dmarc.s.test": ["v=DMARC1; p=reject"]},
+     b"From: a@s.test, b@mail.s.test\r\n\r\nbody\r\n", spf("pass"), [], 0.0, ("pass", "reject")),
+    ("too many From domains", {}, ("From: " + ", ".join(f"a@d{i}.test" for i in range(6)) + "\r\n\r\nx\r\n").encode(),
+     spf("pass"), [], 0.0, ("permerror", "")),
 ]
 
 
