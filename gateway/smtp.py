@@ -114,9 +114,14 @@ class MxHandler:
 
     async def _authenticate(self, session: Session, envelope: Envelope, raw: bytes) -> mailauth.AuthResults:
         started = time.perf_counter()
-        res = await mailauth.authenticate(self.svc.resolver, raw, str(session.peer[0]), envelope.mail_from or "",
-                                          session.host_name or "", self.svc.config.mailauth.max_dkim_signatures,
-                                          random.random)
+        try:
+            res = await mailauth.authenticate(self.svc.resolver, raw, str(session.peer[0]), envelope.mail_from or "",
+                                              session.host_name or "", self.svc.config.mailauth.max_dkim_signatures,
+                                              random.random)
+        except Exception as exc:  # noqa: BLE001 - a fault in the checks must not turn into a 5xx for the sender
+            log.exception("mailauth failed; recording temperror")
+            self.svc.metrics.error("smtp_auth_internal")
+            return mailauth.unavailable(envelope.mail_from or "", session.host_name or "", f"internal error: {exc}")
         log.debug("mailauth %.2f ms: spf=%s dkim=%s dmarc=%s", (time.perf_counter() - started) * 1000,
                   res.spf.result, [d.result for d in res.dkim], res.dmarc.result)
         return res

@@ -575,6 +575,13 @@ async def authenticate(dns: Lookups, raw: bytes, peer_ip: str, mail_from: str, h
     return AuthResults(spf, dkims, await check_dmarc(dns, raw, spf, dkims, sample))
 
 
+def unavailable(mail_from: str, helo: str, reason: str) -> AuthResults:
+    """The verdict when the checks themselves could not run: temperror throughout."""
+    sender = mail_from if "@" in mail_from else f"postmaster@{helo.strip().rstrip('.')}"
+    return AuthResults(SpfResult("temperror", sender, sender.rpartition("@")[2].lower(), reason), [],
+                       DmarcResult("temperror", reason=reason))
+
+
 _TOKEN = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~@-]+$")
 
 

@@ -346,3 +346,12 @@ def test_decide(res, settings, expected):
 
     got = mailauth.decide(res, MailAuthConfig(**settings))
     assert got.folder == expected[0] and got.reply.startswith(expected[1]) and bool(got.reply) == bool(expected[1])
+
+
+def test_unavailable_is_temperror_and_accepted_by_default():
+    from raymail.config import MailAuthConfig
+
+    res = mailauth.unavailable("<>", "helo.test.", "internal error: boom")
+    assert (res.spf.result, res.spf.mailfrom, res.dmarc.result) == ("temperror", "postmaster@helo.test", "temperror")
+    assert mailauth.decide(res, MailAuthConfig()) == mailauth.Decision()
+    assert "spf=temperror smtp.mailfrom=postmaster@helo.test" in mailauth.header_value("mx.test", res)
