@@ -567,17 +567,29 @@ def _best_dkim(results: list[DkimResult]) -> str:
     return "none"
 
 
+CHECKS_TIMEOUT_S = 20.0  # RFC 7208 4.6.4: at least 20 s for the whole SPF evaluation
+
+
 async def authenticate(dns: Lookups, raw: bytes, peer_ip: str, mail_from: str, helo: str,
-                       max_dkim_signatures: int = 5, sample: Callable[[], float] = lambda: 0.0) -> AuthResults:
-    """SPF and DKIM concurrently, then DMARC over both."""
-    spf, dkims = await asyncio.gather(check_spf(dns, peer_ip, mail_from, helo),
-                                      check_dkim(dns, raw, max_dkim_signatures))
-    return AuthResults(spf, dkims, await check_dmarc(dns, raw, spf, dkims, sample))
+                       max_dkim_signatures: int = 5, sample: Callable[[], float] = lambda: 0.0,
+                       timeout_s: float = CHECKS_TIMEOUT_S) -> AuthResults:
+    """SPF and DKIM concurrently, then DMARC over both; all of it within ``timeout_s``
+    (a sender domain with slow DNS gets temperror, not an SMTP session held for minutes)."""
+
+    async def run() -> AuthResults:
+        spf, dkims = await asyncio.gather(check_spf(dns, peer_ip, mail_from, helo),
+                                          check_dkim(dns, raw, max_dkim_signatures))
+        return AuthResults(spf, dkims, await check_dmarc(dns, raw, spf, dkims, sample))
+
+    try:
+        return await asyncio.wait_for(run(), timeout_s)
+    except TimeoutError:
+        return unavailable(mail_from, helo, f"the checks took longer than {timeout_s:g} s")
 
 
 def unavailable(mail_from: str, helo: str, reason: str) -> AuthResults:
     """The verdict when the checks themselves could not run: temperror throughout."""
-    sender = mail_from if "@" in mail_from else f"postmaster@{helo.strip().rstrip('.')}"
+    sender = mail_from.strip() if "@" in mail_from else f"postmaster@{helo.strip().rstrip('.')}"
     return AuthResults(SpfResult("temperror", sender, sender.rpartition("@")[2].lower(), reason), [],
                        DmarcResult("temperror", reason=reason))
 

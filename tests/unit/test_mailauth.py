@@ -7,7 +7,9 @@ tests/integration/test_smtp_auth.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 
 import dkim
 import pytest
@@ -355,3 +357,16 @@ def test_unavailable_is_temperror_and_accepted_by_default():
     assert (res.spf.result, res.spf.mailfrom, res.dmarc.result) == ("temperror", "postmaster@helo.test", "temperror")
     assert mailauth.decide(res, MailAuthConfig()) == mailauth.Decision()
     assert "spf=temperror smtp.mailfrom=postmaster@helo.test" in mailauth.header_value("mx.test", res)
+
+
+async def test_slow_dns_is_cut_off_as_temperror():
+    class SlowDns(DictDns):
+        async def txt(self, name: str) -> list[str]:
+            await asyncio.sleep(5)
+            return []
+
+    started = time.monotonic()
+    res = await mailauth.authenticate(SlowDns(), MESSAGE, "192.0.2.1", "ann@s.test", "h.test", timeout_s=0.05)
+    assert time.monotonic() - started < 1
+    assert (res.spf.result, res.dmarc.result) == ("temperror", "temperror")
+    assert "longer than 0.05 s" in res.spf.reason
