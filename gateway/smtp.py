@@ -135,8 +135,9 @@ async def store_and_deliver(svc: Services, session: Session, envelope: Envelope,
     reply says whether it is on stable storage."""
     queue_id = uuid.uuid4().hex[:16]
     now = time.time()
+    reverse_path = "" if envelope.mail_from in (None, "<>") else envelope.mail_from  # aiosmtpd: "<>" for null
     trace = smtp_rules.trace_headers(
-        mail_from=envelope.mail_from or "", helo=session.host_name or "", peer_ip=str(session.peer[0]),
+        mail_from=reverse_path, helo=session.host_name or "", peer_ip=str(session.peer[0]),
         hostname=svc.config.server.hostname, queue_id=queue_id, recipient=recipient, now_s=now,
         tls=bool(session.ssl),
     )

@@ -76,6 +76,7 @@ async def test_null_sender_is_checked_as_postmaster_at_helo(app):
     summary, raw = await only_email(app, bob)
     assert summary["auth"]["spf"] == "pass"
     assert "spf=pass smtp.mailfrom=postmaster@sender.test" in auth_header(raw)
+    assert raw.startswith(b"Return-Path: <>\r\n")
 
 
 async def test_dkim_pass_and_dmarc_pass(app, dns_server):
