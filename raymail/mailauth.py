@@ -381,12 +381,11 @@ async def check_dkim(dns: Lookups, raw: bytes, max_signatures: int = 5) -> list[
 
     dkimpy asks DNS synchronously, so the selector keys are fetched first through
     the async resolver and dkimpy is answered from that prefetch."""
-    try:
-        headers = BytesHeaderParser().parsebytes(raw).get_all("DKIM-Signature") or []
-    except Exception:  # noqa: BLE001 - an unparseable header block: nothing to verify
+    try:  # dkimpy's own header parser, so that signature i here is dkimpy's idx=i
+        headers, _ = dkim.rfc822_parse(raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+    except (dkim.DKIMException, IndexError):  # a header block dkimpy cannot read: nothing to verify
         return []
-    values = [v.encode("utf-8", "surrogateescape") if isinstance(v, str) else bytes(v)
-              for v in headers[:max_signatures]]
+    values = [v for k, v in headers if k.lower() == b"dkim-signature"][:max_signatures]
     sigs = [_signature_tags(v) for v in values]
     names = sorted({f"{_text(s[b's'])}._domainkey.{_text(s[b'd'])}" for s in sigs if s is not None})
 

@@ -177,11 +177,12 @@ def signed(message: bytes = MESSAGE, domain: bytes = b"s.test", selector: bytes 
         (signed(), {"sel._domainkey.s.test": TEMP}, [("temperror", "s.test", "sel")]),
         (b"DKIM-Signature: v=1; a=rsa-sha256; d=s.test\r\n" + MESSAGE, {}, [("neutral", "", "")]),
         (MESSAGE, {}, []),
+        (b" a continuation with nothing to continue\r\n" + signed(), {"sel._domainkey.s.test": [DKIM_TXT]}, []),
         (signed(signed(domain=b"esp.test", selector=b"k1")), {"sel._domainkey.s.test": [DKIM_TXT]},
          [("pass", "s.test", "sel"), ("permerror", "esp.test", "k1")]),
     ],
     ids=["pass", "body altered", "signed header altered", "no key", "bad key", "key temperror", "malformed",
-         "unsigned", "two signatures"],
+         "unsigned", "unreadable header block", "two signatures"],
 )
 async def test_dkim(raw, zone, expected):
     got = await mailauth.check_dkim(DictDns(zone), raw)
