@@ -71,12 +71,18 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 def cmd_domain_add(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    from raymail.outbound import dkim
+
     try:
         domain = Directory(cfg.data_path).add_domain(args.domain)
     except DirectoryError as exc:
         print(f"raymail: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"domain": domain}))
+    # Outbound mail from the domain is signed with this key once its TXT record is published.
+    key = dkim.create_key(cfg.data_path, domain)
+    name, value = key.txt_record()
+    print(json.dumps({"domain": domain, "dkim": {"selector": key.selector, "txt_name": name, "txt_value": value}}))
+    print(f"publish for DKIM: {name}. IN TXT \"{value}\"", file=sys.stderr)
     return 0
 
 
@@ -172,6 +178,60 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spool(cfg: config_mod.Config):
+    import ray
+
+    from actors.spool import SPOOL_NAME
+
+    if not _join(cfg):
+        return None
+    try:
+        return ray.get_actor(SPOOL_NAME, namespace=cfg.cluster.namespace)
+    except ValueError:
+        print(f"raymail: no outbound spool runs in namespace {cfg.cluster.namespace!r} "
+              "(is raymail up, with [[outbound.pools]] configured?)", file=sys.stderr)
+        ray.shutdown()
+        return None
+
+
+def format_queue(summary: dict, dead: list[dict]) -> str:
+    lines = [f"{'pool':<16} {'domain':<32} {'queued':>7} {'sending':>8} {'deferred':>9} {'dead':>6}"]
+    for pool, domains in sorted(summary["pools"].items()):
+        for domain, c in sorted(domains.items()):
+            lines.append(f"{pool:<16} {domain:<32} {c.get('queued', 0):>7} {c.get('sending', 0):>8} "
+                         f"{c.get('deferred', 0):>9} {c.get('dead', 0):>6}")
+    if len(lines) == 1:
+        lines.append("(nothing waiting)")
+    quotas = ", ".join(f"{ip}: {'no cap' if left is None else left}"
+                       for ip, left in sorted(summary["quota_left_today"].items()))
+    lines.append(f"warm-up quota left today: {quotas}")
+    for d in dead:
+        lines.append(f"dead {d['id']} <{d['recipient']}> from {d['sender']}: {d['text']}")
+    return "\n".join(lines)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """What waits for delivery elsewhere, per pool and destination domain; dead letters."""
+    cfg = _load(args)
+    import ray
+
+    spool = _spool(cfg)
+    if spool is None:
+        return 1
+    try:
+        if args.action == "retry":
+            print(json.dumps({"requeued": ray.get(spool.retry_dead.remote(args.id or ""))}))
+            return 0
+        if args.action == "unsuppress":
+            print(json.dumps({"removed": ray.get(spool.unsuppress.remote(args.email, args.uid or ""))}))
+            return 0
+        summary, dead = ray.get([spool.summary.remote(), spool.dead.remote()])
+    finally:
+        ray.shutdown()
+    print(json.dumps({**summary, "dead": dead}) if args.json else format_queue(summary, dead))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raymail", description="An email platform on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -218,6 +278,24 @@ def parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="report what would be deleted; delete nothing")
     gc.add_argument("--address", help="Ray address of the running cluster (default: [cluster] address or 'auto')")
     gc.set_defaults(func=cmd_storage_gc)
+
+    q = sub.add_parser("queue", help="outbound mail: queued, deferred and dead, per pool and domain")
+    common(q)
+    q.add_argument("--address", help="Ray address of the running cluster (default: [cluster] address or 'auto')")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.set_defaults(func=cmd_queue, action="show")
+    qsub = q.add_subparsers(dest="action")
+    qr = qsub.add_parser("retry", help="send dead letters back to the queue")
+    qr.add_argument("id", nargs="?", help="one outbound message id (default: every dead letter)")
+    common(qr)
+    qr.add_argument("--address")
+    qr.set_defaults(func=cmd_queue, json=False)
+    qu = qsub.add_parser("unsuppress", help="remove an address from the suppression list")
+    qu.add_argument("email", metavar="ADDRESS")
+    qu.add_argument("--uid", help="only for this sender account (default: every scope)")
+    common(qu)
+    qu.add_argument("--address")
+    qu.set_defaults(func=cmd_queue, json=False)
 
     ri = sub.add_parser("reindex", help="rebuild the search indexes (joins the running cluster)")
     common(ri)

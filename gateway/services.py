@@ -14,7 +14,7 @@ from gateway.router import ShardRouter
 from raymail.config import Config
 from raymail.dns import Resolver
 from raymail.model import User
-from raymail.outbound.dkim import DomainKey, load_key
+from raymail.outbound.dkim import DomainKey, key_dir, load_key
 from raymail.ratelimit import TokenBuckets
 from raymail.store.blobs import BlobStore
 from raymail.store.directory import Directory
@@ -44,16 +44,21 @@ class Services:
         self.resolver = Resolver.from_config(self.config.dns)  # one TTL cache per process
         self._by_token: dict[str, tuple[User, float]] = {}
         self._by_email: dict[str, tuple[User, float]] = {}
-        self._dkim: dict[str, tuple[DomainKey | None, float]] = {}
+        self._dkim: dict[str, tuple[DomainKey | None, float, int]] = {}
 
     def dkim_key(self, domain: str) -> DomainKey | None:
-        """The domain's DKIM key (checked on disk at most every 30 s per domain)."""
+        """The domain's DKIM key: re-read every 30 s, or at once when the key directory
+        changes (``raymail domain add`` takes effect without a restart)."""
         now = time.monotonic()
+        try:
+            stamp = key_dir(self.config.data_path).stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = 0
         hit = self._dkim.get(domain)
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > now and hit[2] == stamp:
             return hit[0]
         key = load_key(self.config.data_path, domain)
-        self._dkim[domain] = (key, now + _USER_CACHE_TTL_S)
+        self._dkim[domain] = (key, now + _USER_CACHE_TTL_S, stamp)
         return key
 
     def user_for_token(self, token: str) -> User | None:

@@ -45,12 +45,14 @@ class Receiver:
 
     ``script`` holds replies for successive DATA commands (then 250 for ever):
     "250", "451 ...", "550 ...", or "drop" (close the connection mid-DATA, no reply).
-    ``rcpt_script`` does the same for RCPT. ``delay_s`` slows every DATA."""
+    ``rcpt_script`` does the same for RCPT; ``refuse`` maps addresses to a RCPT reply
+    given every time. ``delay_s`` slows every DATA."""
 
     host: str
     port: int = 0
     script: list[str] = field(default_factory=list)
     rcpt_script: list[str] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     received: list[Received] = field(default_factory=list)
     peers: list[str] = field(default_factory=list)
@@ -75,7 +77,7 @@ class Receiver:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           options: list[str]) -> str:
         with self._lock:
-            reply = self.rcpt_script.pop(0) if self.rcpt_script else "250 OK"
+            reply = self.refuse.get(address.lower()) or (self.rcpt_script.pop(0) if self.rcpt_script else "250 OK")
         if reply.startswith("250"):
             envelope.rcpt_tos.append(address)
         return reply

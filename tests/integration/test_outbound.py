@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
+import subprocess
+import sys
 import uuid
 from email import policy
+from pathlib import Path
 
 import conftest
 import pytest
@@ -18,6 +22,8 @@ from peers import DnsServer, Receiver, free_port, wait_for
 from actors.sender import sender_name
 from actors.spool import SPOOL_NAME
 
+ROOT = Path(__file__).resolve().parents[2]
+
 POOLS = [
     {"name": "tx", "ips": ["127.0.0.2", "127.0.0.3"], "categories": ["transactional"]},
     {"name": "mk", "ips": ["127.0.0.4"], "categories": ["marketing"]},
@@ -28,7 +34,7 @@ POOLS = [
 RECEIVERS = {
     "ok.test": {},
     "flaky.test": {"script": ["451 4.3.0 Try again later"]},
-    "reject.test": {"rcpt_script": ["550 5.1.1 <gone@reject.test>: no such user"]},
+    "reject.test": {"refuse": {"gone@reject.test": "550 5.1.1 <gone@reject.test>: no such user"}},
     "drop.test": {"script": ["drop"]},
     "capped.test": {},
     "mixed.test": {},
@@ -243,16 +249,54 @@ async def test_dead_letter_and_queue_retry(world):
     store.delete(key)  # the stored message is gone: no retry can fix that
     sp = spool(app)
     await wait_for(lambda: ray.get(sp.dead.remote()), timeout=15)
-    dead = ray.get(sp.dead.remote())
+    shown = cli(app, "queue", "--json")
+    assert shown.returncode == 0, shown.stderr
+    dead = json.loads(shown.stdout)["dead"]
     assert dead[0]["recipient"] == "x@later.test" and "gone" in dead[0]["text"]
+    table = cli(app, "queue").stdout
+    assert "later.test" in table and "dead" in table
     store.put("msg", raw)
     receiver = Receiver("127.0.0.31", port=dead_port).start()
     try:
-        assert ray.get(sp.retry_dead.remote()) == 1
+        out = cli(app, "queue", "retry")
+        assert out.returncode == 0 and json.loads(out.stdout) == {"requeued": 1}, out.stderr
         mid = r.json()["message_id"]
         await wait_for(lambda: mid in receiver.ids(), timeout=15)
     finally:
         receiver.stop()
+
+
+def cli(app, *args: str) -> subprocess.CompletedProcess:
+    config_file = app.config.data_path / "cli.toml"
+    config_file.write_text(f'[cluster]\nnamespace = "{app.config.cluster.namespace}"\n')
+    sub = [*args[:1], *args[1:2]] if len(args) > 1 and not args[1].startswith("-") else [*args[:1]]
+    rest = list(args[len(sub):])
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *sub, "--config", str(config_file), "--data-dir",
+                           str(app.config.data_path), "--address", ray.get_runtime_context().gcs_address, *rest],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+async def test_domain_add_makes_a_dkim_key_and_mail_is_signed(world):
+    import dkim
+
+    app, peers, _, _ = world
+    out = subprocess.run([sys.executable, "-m", "cluster.cli", "domain", "add", "example.test", "--data-dir",
+                          str(app.config.data_path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    key = json.loads(out.stdout)["dkim"]
+    assert key["txt_name"] == "raymail._domainkey.example.test" and key["txt_value"].startswith("v=DKIM1;")
+    assert key["txt_value"] in out.stderr  # the record to publish, printed for the operator
+    alice = app.user()
+    mid = (await send(app, alice, ["signed@ok.test"], subject="signed")).json()["message_id"]
+    got = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
+    data = got[0].data
+    assert data.startswith(b"DKIM-Signature:")
+
+    def txt(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"raymail._domainkey.example.test."
+        return key["txt_value"].encode()
+
+    assert dkim.verify(data, dnsfunc=txt)
 
 
 async def test_spool_restart_requeues_unfinished_work(world):
@@ -320,7 +364,8 @@ async def test_submission_takes_the_same_path(world):
         assert s.sendmail(alice["email"], ["far@ok.test", bob["email"]], msg) == {}
     got = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
     assert got[0].peer_ip == "127.0.0.4"  # List-Unsubscribe: marketing, the marketing pool's IP
-    assert got[0].data.endswith(msg) and got[0].data.startswith(b"Received: ")
+    head = got[0].data[: -len(msg)]
+    assert got[0].data.endswith(msg) and b"\r\nReceived: " in b"\r\n" + head and b"Return-Path" not in head
     assert [e["subject"] for e in await inbox(app, bob)] == ["via submission"]
     # a suppressed address is refused at RCPT
     r = await send(app, alice, ["gone@reject.test"])
