@@ -653,7 +653,8 @@ def decide(res: AuthResults, cfg: MailAuthConfig) -> Decision:
                    "neither SPF nor DKIM aligned with the From domain")
     if dm.result == "fail" and dm.policy == "quarantine":
         return act(cfg.dmarc_quarantine_action, "")
-    if dm.result == "temperror" and cfg.dns_error_action == "tempfail":
+    if dm.result == "temperror" and cfg.dns_error_action == "tempfail" and dm.published != "none":
+        # the policy could not be read, or it could act on the message: let the sender retry
         return Decision(reply=f"451 4.4.3 Could not check the sender authentication of {dm.from_domain or 'the message'}"
                               " (DNS); please retry")
     if dm.result == "none" and res.spf.result == "fail":

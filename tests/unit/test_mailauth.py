@@ -340,6 +340,8 @@ def verdict(spf_result: str, dmarc_result: str, policy: str = "") -> AuthResults
         (verdict("softfail", "none"), {"spf_fail_action": "reject"}, ("inbox", "")),
         (verdict("temperror", "temperror", "reject"), {}, ("inbox", "")),
         (verdict("temperror", "temperror", "reject"), {"dns_error_action": "tempfail"}, ("inbox", "451 4.4.3")),
+        (verdict("temperror", "temperror", ""), {"dns_error_action": "tempfail"}, ("inbox", "451 4.4.3")),
+        (verdict("temperror", "temperror", "none"), {"dns_error_action": "tempfail"}, ("inbox", "")),
         (verdict("temperror", "none"), {"spf_fail_action": "reject", "dns_error_action": "tempfail"},
          ("inbox", "")),
     ],
