@@ -9,7 +9,10 @@ storage, read by ``pipelines/catalog.py`` (storage statistics):
 
 Layout and the compaction rule (shared by the writer and every reader):
 
-- A flush writes ``part-<epoch_ms>-<random>.parquet``.
+- A flush writes ``part-<epoch_ms>-<random>.parquet``. The ``events`` table is
+  partitioned by UTC day: its parts live in ``events/day=YYYY-MM-DD/`` (Hive
+  style, so DuckDB and pyarrow datasets can prune by day); a flush writes one
+  part per day its rows fall on, and compaction works per partition.
 - A compaction reads the live parts, writes their rows as one
   ``compact-<epoch_ms>-<random>.parquet`` whose Parquet key-value metadata
   (``raymail.catalog.replaces``) names every part file it supersedes, and only
@@ -93,6 +96,25 @@ SCHEMAS: dict[str, pa.Schema] = {
         ]
     ),
 }
+
+
+# Tables partitioned by the UTC day of their ``ts`` column.
+DAY_PARTITIONED = frozenset({"events"})
+
+
+def day_partition(ts_s: float) -> str:
+    return "day=" + time.strftime("%Y-%m-%d", time.gmtime(ts_s))
+
+
+def split_by_day(rows: pa.Table) -> dict[str, pa.Table]:
+    """``rows`` split by the UTC day of ``ts``: {"day=YYYY-MM-DD": rows of that day}."""
+    days = [day_partition(t) for t in rows.column("ts").to_pylist()]
+    if len(set(days)) == 1:
+        return {days[0]: rows}
+    out: dict[str, list[int]] = {}
+    for i, d in enumerate(days):
+        out.setdefault(d, []).append(i)
+    return {d: rows.take(pa.array(idx)) for d, idx in out.items()}
 
 
 def schema_of(table: str) -> pa.Schema:
@@ -194,8 +216,9 @@ def list_parts(store: BlobStore, table: str) -> Parts:
     keys.sort(key=lambda k: (_part_ms(k), k))
     replaced: set[str] = set()
     for key in keys:
-        if key.rsplit("/", 1)[-1].startswith("compact-"):
-            replaced.update(f"{table_key(table)}/{name}" for name in _replaces(store, key))
+        folder, _, name = key.rpartition("/")
+        if name.startswith("compact-"):  # the names it replaces sit in its own folder (partition)
+            replaced.update(f"{folder}/{n}" for n in _replaces(store, key))
     return Parts([k for k in keys if k not in replaced], [k for k in keys if k in replaced])
 
 
@@ -241,10 +264,11 @@ def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def write_part(store: BlobStore, table: str, rows: pa.Table, prefix: str = "part",
-               replaces: list[str] | None = None) -> str:
-    """Write ``rows`` atomically as a new part file of ``table``; returns its key."""
+               replaces: list[str] | None = None, partition: str = "") -> str:
+    """Write ``rows`` atomically as a new part file of ``table`` (in ``partition``, a
+    folder such as ``day=2026-11-29``); returns its key."""
     name = f"{prefix}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:12]}.parquet"
-    key = f"{table_key(table)}/{name}"
+    key = f"{table_key(table)}/{partition + '/' if partition else ''}{name}"
     if replaces is not None:
         rows = rows.replace_schema_metadata({REPLACES_KEY: json.dumps(replaces).encode()})
     sink = pa.BufferOutputStream()
@@ -362,12 +386,22 @@ class CatalogWriter:
             out: dict[str, Any] = {"table": table, "parts": len(parts.live), "compacted": False,
                                    "part": None, "rows": 0, "deleted": 0}
             doomed = list(parts.replaced)
-            if len(parts.live) >= max(2, min_parts):
-                rows = read_parts(self.store, table, parts.live)
-                names = [k.rsplit("/", 1)[-1] for k in parts.live + parts.replaced]
-                out["part"] = write_part(self.store, table, rows, prefix="compact", replaces=names)
-                out.update(compacted=True, rows=rows.num_rows)
-                doomed += parts.live
+            base = table_key(table)
+            folders: dict[str, list[str]] = {}
+            for key in parts.live:
+                folders.setdefault(key.rpartition("/")[0], []).append(key)
+            for folder, live in sorted(folders.items()):
+                if len(live) < max(2, min_parts):
+                    continue
+                rows = read_parts(self.store, table, live)
+                stale = [k for k in parts.replaced if k.rpartition("/")[0] == folder]
+                names = [k.rsplit("/", 1)[-1] for k in live + stale]
+                partition = folder[len(base) + 1 :] if folder != base else ""
+                out["part"] = write_part(self.store, table, rows, prefix="compact", replaces=names,
+                                         partition=partition)
+                out["compacted"] = True
+                out["rows"] += rows.num_rows
+                doomed += live
             for key in doomed:
                 try:
                     self.store.delete(key)
@@ -456,27 +490,31 @@ class CatalogWriter:
                         dropped.num_rows, table)
 
     def _write(self, taken: dict[str, list[pa.Table]]) -> tuple[dict, dict[str, list[pa.Table]], list[str]]:
-        """Runs off the event loop: writes one part per table; touches no buffer."""
+        """Runs off the event loop: writes the parts; touches no buffer."""
         result: dict[str, dict] = {"parts": {}, "rows": {}}
         failed: dict[str, list[pa.Table]] = {}
         errors: list[str] = []
         for t, chunks in taken.items():
             rows = pa.concat_tables(chunks)
-            try:
-                key = write_part(self.store, t, rows)
-            except StorageError as exc:
-                failed[t] = chunks
-                errors.append(str(exc))
+            # One part per table, or per day for a partitioned table; a part that fails
+            # keeps only its own rows buffered (written ones must not come back).
+            pieces = sorted(split_by_day(rows).items()) if t in DAY_PARTITIONED else [("", rows)]
+            for partition, piece in pieces:
+                try:
+                    key = write_part(self.store, t, piece, partition=partition)
+                except StorageError as exc:
+                    failed.setdefault(t, []).append(piece)
+                    errors.append(str(exc))
+                    with self._counters_lock:
+                        self._flush_errors += 1
+                        self._last_error = str(exc)
+                    log.warning("catalog: %s; %d rows stay buffered", exc, piece.num_rows)
+                    continue
+                result["parts"][t] = key
+                result["rows"][t] = result["rows"].get(t, 0) + piece.num_rows
                 with self._counters_lock:
-                    self._flush_errors += 1
-                    self._last_error = str(exc)
-                log.warning("catalog: %s; %d rows stay buffered", exc, rows.num_rows)
-                continue
-            result["parts"][t] = key
-            result["rows"][t] = rows.num_rows
-            with self._counters_lock:
-                self._rows_written[t] += rows.num_rows
-                self._parts_written[t] += 1
+                    self._rows_written[t] += piece.num_rows
+                    self._parts_written[t] += 1
         return result, failed, errors
 
     def _flush_tables(self, tables: list[str]) -> dict:

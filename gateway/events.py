@@ -1,4 +1,6 @@
-"""Mail events from a gateway process, handed to the catalog's ``events`` table in bulk.
+"""Mail events, handed to the catalog's ``events`` table in bulk: SMTP intake in each
+gateway process, and every outbound step (queued, delivered, deferred, bounced,
+suppressed) from the outbound spool. The catalog partitions the table by UTC day.
 
 Recording never waits: rows are buffered and sent about once a second (or per
 500 rows) in one fire-and-forget call; the event log is derived, best-effort data

@@ -325,3 +325,53 @@ def test_apply_and_collect_matches_plain_apply_and_yields_rows():
 def test_deliver_then_delete_in_one_batch_yields_both_rows():
     _, rows = apply_and_collect(ShardState(100), [Deliver("bob", _email("e1", _ref(3)), 1.0), Delete("bob", "e1", 2.0)])
     assert [r["delta"] for r in rows["refs"]] == [1, -1]
+
+
+# -- the event log: partitioned by UTC day ------------------------------------------
+
+DAY_S = 86_400
+
+
+def event_row(ts: float, event: str = "delivered") -> dict:
+    return {"ts": ts, "event": event, "message_id": f"<{ts}@x>", "sender": "a@x.test", "recipient_domain": "y.test",
+            "pool": "tx", "ip": "10.0.0.1", "smtp_code": 250, "detail": ""}
+
+
+def test_events_are_written_per_day_partition_and_compacted_per_partition(config):
+    w = CatalogWriter(config)
+    day1, day2 = 20_000 * DAY_S, 20_001 * DAY_S  # 2024-10-04 and 2024-10-05 (UTC)
+    for i in range(3):
+        w.add("events", [event_row(day1 + i), event_row(day2 + i)])
+        w.flush()
+    parts = list_parts(w.store, "events")
+    folders = sorted({k.rsplit("/", 2)[-2] for k in parts.live})
+    assert folders == ["day=2024-10-04", "day=2024-10-05"] and len(parts.live) == 6
+    assert len(read_table(w.store, "events")) == 6
+    out = w.compact("events", min_parts=3)
+    assert out["compacted"] and out["rows"] == 6 and out["deleted"] == 6
+    parts = list_parts(w.store, "events")
+    assert len(parts.live) == 2 and all("/compact-" in k for k in parts.live)
+    assert sorted({k.rsplit("/", 2)[-2] for k in parts.live}) == folders
+    rows = read_table(w.store, "events").to_pylist()
+    assert sorted(r["ts"] for r in rows) == sorted([day1 + i for i in range(3)] + [day2 + i for i in range(3)])
+
+
+def test_a_failed_day_keeps_only_its_own_rows(local_config, monkeypatch):
+    import actors.catalog as catalog_mod
+
+    w = CatalogWriter(local_config)
+    w.add("events", [event_row(20_000 * DAY_S), event_row(20_001 * DAY_S)])
+    real = catalog_mod.write_part
+
+    def flaky(store, table, rows, prefix="part", replaces=None, partition=""):
+        if partition == "day=2024-10-05":
+            raise StorageError("disk full")
+        return real(store, table, rows, prefix, replaces, partition)
+
+    monkeypatch.setattr(catalog_mod, "write_part", flaky)
+    with pytest.raises(StorageError):
+        w.flush()
+    assert w.stats()["buffered_rows"]["events"] == 1
+    monkeypatch.undo()
+    w.flush()
+    assert sorted(r["ts"] for r in read_table(w.store, "events").to_pylist()) == [20_000 * DAY_S, 20_001 * DAY_S]
