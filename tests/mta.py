@@ -201,7 +201,8 @@ class Postfix:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop the master and its daemons, waiting until they are gone; then remove the files."""
-        if self not in _running:
+        if self not in _running:  # never started, or stopped already
+            shutil.rmtree(self.root, ignore_errors=True)
             return
         _running.discard(self)
         pid = self.master_pid or self._read_pid()
