@@ -21,6 +21,7 @@ from raymail.model import (
     Update,
     User,
 )
+from raymail.outbound import records
 
 ATT = AttachmentRef(id="a1", sha256="ab" * 32, size=3, content_type="text/plain", filename="näme.txt", blob="att/ab/" + "ab" * 32)
 
@@ -68,6 +69,15 @@ SAMPLES = [
     ATT,
     AddUpload(uid="u1", attachment=ATT, ts=3.0),
     OpResult(ok=False, error="not_found", message="no such email"),
+    records.OutboundMessage(id="o1", message_id="<m1@example.com>", sender_uid="u1", sender_email="a@example.com",
+                            blob="msg/ab/cd", category="transactional", pool="p1", recipients=("b@example.org",),
+                            created_s=1.5, size=10, dkim_header="DKIM-Signature: v=1"),
+    records.Attempt(message="o1", rcpt="b@example.org", action="retry", code=451, text="later", ip="127.0.0.2",
+                    ts=2.5, next_s=62.5),
+    records.QuotaUse(ip="127.0.0.2", day=3, count=7),
+    records.Suppress(scope="sender", address="b@example.org", reason="550 5.1.1", ts=3.5),
+    records.Unsuppress(scope="global", address="b@example.org"),
+    records.Requeue(message="o1", rcpt="b@example.org", ts=4.5),
 ]
 
 
