@@ -135,6 +135,23 @@ async def test_dmarc_reject_refuses_at_end_of_data_and_stores_nothing(app, dns_s
                and "DMARC" in r["detail"] for r in rows)
 
 
+async def test_every_recipient_gets_the_verdict_and_the_push_carries_it(app, dns_server):
+    from helpers import recv_json
+
+    bob, carol = app.user(), app.user()
+    data = dns_server.sign(message("sender.test", bob["email"], "two of us"), "sender.test")
+    async with app.ws(bob["token"]) as ws:
+        await recv_json(ws)
+        with smtplib.SMTP("127.0.0.1", app.deployment.smtp_port, timeout=30) as s:
+            assert s.sendmail("ann@sender.test", [bob["email"], carol["email"]], data) == {}
+        push = await recv_json(ws)
+        assert push["type"] == "email.new" and push["email"]["auth"]["dmarc"] == "pass"
+    for user in (bob, carol):
+        summary, raw = await only_email(app, user)
+        assert (summary["auth"]["spf"], summary["auth"]["dkim"], summary["auth"]["dmarc"]) == ("pass", "pass", "pass")
+        assert raw.count(b"Authentication-Results: ") == 1 and raw.endswith(data)
+
+
 async def test_dmarc_quarantine_goes_to_junk(app):
     bob = app.user()
     code, _ = deliver(app, "ann@quarantine.test", bob["email"], message("quarantine.test", bob["email"], "maybe"))
