@@ -464,7 +464,7 @@ def parse_dmarc(text: str) -> DmarcRecord | None:
 class DmarcResult:
     result: str  # pass | fail | none | temperror | permerror
     from_domain: str = ""
-    policy: str = ""  # the policy to apply on fail (after pct): none | quarantine | reject; "" if no record
+    policy: str = ""  # the published policy; on fail after pct sampling: none | quarantine | reject; "" if no record
     published: str = ""  # p= (or sp=) as published, for the header
     reason: str = ""
 

@@ -64,7 +64,7 @@ class AuthSummary:
     spf: str  # pass | fail | softfail | neutral | none | temperror | permerror
     dkim: str  # the best result over the signatures; none when unsigned
     dmarc: str  # pass | fail | none | temperror | permerror
-    policy: str = ""  # the DMARC policy that applied on failure (none | quarantine | reject)
+    policy: str = ""  # the From domain's DMARC policy (after pct sampling when DMARC failed); "" without one
     spf_domain: str = ""
     dkim_domains: tuple[str, ...] = ()  # d= of the signatures that verified
     from_domain: str = ""
