@@ -53,8 +53,8 @@ SPEC: dict = {
                                                        "permerror"]},
                     "dkim": {"type": "string", "enum": ["pass", "fail", "neutral", "none", "temperror", "permerror"]},
                     "dmarc": {"type": "string", "enum": ["pass", "fail", "none", "temperror", "permerror"]},
-                    "policy": {"type": "string", "description": "DMARC policy applied on failure: none, quarantine, "
-                                                                "reject, or empty"},
+                    "policy": {"type": "string", "description": "the From domain's DMARC policy (none, quarantine, "
+                                                                "reject; after pct sampling on failure), or empty"},
                     "spf_domain": {"type": "string"},
                     "dkim_domains": {"type": "array", "items": {"type": "string"}},
                     "from_domain": {"type": "string"},
