@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 1.0
 _CAP_POLL_S = 5.0
+_CONN_IDLE_S = 2.0  # an idle connection is kept this long for the next batch to the domain
 
 
 def read_message(blobs: BlobStore, key: str) -> bytes:
@@ -36,6 +37,14 @@ def read_message(blobs: BlobStore, key: str) -> bytes:
 
 def sender_name(pool: str, ip: str) -> str:
     return f"sender-{pool}-{ip}"
+
+
+@dataclass
+class _Conn:
+    smtp: Any
+    where: str
+    sent: int = 0
+    idle_since: float = 0.0
 
 
 @dataclass
@@ -87,7 +96,8 @@ class SenderActor:
       leaves at most one message per open connection delivered but unreported.
     - At most ``per_domain_connections`` connections to a destination domain and
       ``max_connections`` in all; one connection carries up to
-      ``messages_per_connection`` messages. STARTTLS whenever offered (without
+      ``messages_per_connection`` messages, across batches: an idle connection is
+      kept for a moment for the next batch to that domain. STARTTLS whenever offered (without
       certificate checks, as opportunistic TLS is, RFC 7435); plain otherwise.
     """
 
@@ -106,9 +116,12 @@ class SenderActor:
             lambda: asyncio.Semaphore(self.ob.per_domain_connections))
         # Work taken but not finished: bounded, so the queue's entries stay with IPs that have room.
         self.inflight = asyncio.Semaphore(self.ob.max_connections * 2)
+        self.idle: dict[str, list[_Conn]] = defaultdict(list)
         self.sent = 0
         self.connections = 0
-        self._task = asyncio.get_event_loop().create_task(self._run())
+        loop = asyncio.get_event_loop()
+        self._task = loop.create_task(self._run())
+        self._reaper = loop.create_task(self._reap())
 
     # -- the work loop ------------------------------------------------------------
     async def _run(self) -> None:
@@ -210,20 +223,55 @@ class SenderActor:
         """One connection at a time, several messages on each."""
         async with self.per_domain[domain], self.conns:
             while work:
-                smtp, where, why = await self._connect(targets)
-                if smtp is None:
-                    await self.reporter.report([(j.msg.id, r, retry.CONNECT_FAILED, why) for j in work for r in j.rcpts])
-                    return
+                conn = self._cached(domain)
+                if conn is None:
+                    smtp, where, why = await self._connect(targets)
+                    if smtp is None:
+                        await self.reporter.report([(j.msg.id, r, retry.CONNECT_FAILED, why)
+                                                    for j in work for r in j.rcpts])
+                        return
+                    conn = _Conn(smtp, where)
+                keep = False
                 try:
-                    batch, work = work[: self.ob.messages_per_connection], work[self.ob.messages_per_connection :]
+                    room = self.ob.messages_per_connection - conn.sent
+                    batch, work = work[:room], work[room:]
+                    keep = True
                     for i, job in enumerate(batch):
-                        results, alive = await self._send(smtp, job, raws[job.msg.id], where)
+                        results, alive = await self._send(conn.smtp, job, raws[job.msg.id], conn.where)
+                        conn.sent += 1
                         await self.reporter.report(results)
                         if not alive:
                             work = batch[i + 1 :] + work  # a fresh connection for the rest
+                            keep = False
                             break
                 finally:
-                    await self._close(smtp)
+                    if keep and conn.sent < self.ob.messages_per_connection and conn.smtp.is_connected:
+                        conn.idle_since = time.monotonic()
+                        self.idle[domain].append(conn)
+                    else:
+                        await self._close(conn.smtp)
+
+    def _cached(self, domain: str) -> _Conn | None:
+        """An idle connection to the domain from an earlier batch (Postfix's connection cache)."""
+        idle = self.idle.get(domain)
+        while idle:
+            conn = idle.pop()
+            if conn.smtp.is_connected and time.monotonic() - conn.idle_since < _CONN_IDLE_S:
+                return conn
+            conn.smtp.close()
+        return None
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(_CONN_IDLE_S / 2)
+            now = time.monotonic()
+            for domain, idle in list(self.idle.items()):
+                stale = [c for c in idle if now - c.idle_since >= _CONN_IDLE_S]
+                self.idle[domain] = [c for c in idle if now - c.idle_since < _CONN_IDLE_S]
+                if not self.idle[domain]:
+                    del self.idle[domain]
+                for c in stale:
+                    await self._close(c.smtp)
 
     async def _connect(self, targets: list[tuple[str, int]]) -> tuple[Any, str, str]:
         why = "4.4.1 no mail exchanger reachable"

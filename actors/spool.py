@@ -206,15 +206,17 @@ class OutboundSpool:
                 by_domain[domain_of(key[1])].append(key)
                 taken += 1
             now = time.time()
+            # One entry carries up to batch_size recipients, a domain's together: few
+            # queue calls and claims, and the sender sees each domain's work at once.
+            ordered = [k for keys in by_domain.values() for k in keys]
             entries = []
-            for keys in by_domain.values():
-                for i in range(0, len(keys), size):
-                    grouped: dict[str, list[str]] = defaultdict(list)
-                    for mid, rcpt in keys[i : i + size]:
-                        grouped[mid].append(rcpt)
-                        self.dispatched[(mid, rcpt)] = (now, pool.name)
-                        self.in_queue[pool.name] += 1
-                    entries.append(codec.encode([(self.state.messages[m], tuple(r)) for m, r in grouped.items()]))
+            for i in range(0, len(ordered), size):
+                grouped: dict[str, list[str]] = defaultdict(list)
+                for mid, rcpt in ordered[i : i + size]:
+                    grouped[mid].append(rcpt)
+                    self.dispatched[(mid, rcpt)] = (now, pool.name)
+                    self.in_queue[pool.name] += 1
+                entries.append(codec.encode([(self.state.messages[m], tuple(r)) for m, r in grouped.items()]))
             if entries:
                 try:
                     await self.queues[pool.name].actor.put_nowait_batch.remote(entries)
@@ -316,7 +318,8 @@ class OutboundSpool:
             self.leased[k] = (ip, deadline)
         for k in refused:
             self._release(k)
-        if granted:
+        if granted and (left is not None or ip not in self.state.ips) and ip not in self.ob.warmed_ips:
+            # Counted while the IP is in its schedule (and once, to record its first day).
             use = QuotaUse(ip, warmup.day_of(now), len(granted))
             self.state.apply(use)
             await self._append([use])
