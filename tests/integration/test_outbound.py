@@ -377,3 +377,28 @@ async def test_submission_takes_the_same_path(world):
         s.mail(alice["email"])
         code, text = s.rcpt("gone@reject.test")
         assert code == 550 and b"suppressed" in text
+
+
+@pytest.fixture(scope="module")
+def short_lived(ray_cluster, tmp_path_factory):
+    """Retries give up after 2 s; a hard bounce suppresses the address for every sender."""
+    app = start_app(tmp_path_factory.mktemp("outbound-expiry"), outbound={
+        "pools": [{"name": "only", "ips": ["127.0.0.40"], "categories": ["transactional"]}],
+        "routes": {"down.test": f"127.0.0.41:{free_port('127.0.0.41')}"},
+        "retry": {"backoff_s": [1], "max_age_s": 2}, "suppression": "global",
+    })
+    yield app
+    app.deployment.stop()
+
+
+async def test_4xx_until_the_maximum_age_then_bounce_without_suppression(short_lived):
+    app = short_lived
+    alice, bob = app.user(), app.user()
+    assert (await send(app, alice, ["x@down.test"], subject="never arrives")).status_code == 201
+    report = await dsn_of(app, alice)
+    fields = " ".join(report.get_payload()[1].as_string().split())
+    assert "Final-Recipient: rfc822; x@down.test" in fields and "Status: 4.4.7" in fields
+    assert "Action: failed" in fields and "gave up after" in fields
+    # a transient failure is no reason to block the address, for anyone
+    assert (await send(app, alice, ["x@down.test"])).status_code == 201
+    assert (await send(app, bob, ["x@down.test"])).status_code == 201
