@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -33,6 +34,7 @@ class Received:
     rcpts: list[str]
     data: bytes
     ts: float
+    tls: bool = False
 
     @property
     def message_id(self) -> str:
@@ -54,14 +56,18 @@ class Receiver:
     rcpt_script: list[str] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    tls_context: Any = None  # offers STARTTLS when set
     received: list[Received] = field(default_factory=list)
     peers: list[str] = field(default_factory=list)
     attempts: int = 0
+    active: int = 0  # transactions in DATA right now, and the most ever at once
+    max_active: int = 0
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port(self.host)
         self._lock = threading.Lock()
-        self.controller = Controller(self, hostname=self.host, port=self.port, ready_timeout=10)
+        self.controller = Controller(self, hostname=self.host, port=self.port, ready_timeout=10,
+                                     tls_context=self.tls_context)
 
     def start(self) -> Receiver:
         self.controller.start()
@@ -87,15 +93,22 @@ class Receiver:
             self.attempts += 1
             self.peers.append(session.peer[0])
             reply = self.script.pop(0) if self.script else "250 2.0.0 OK"
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            with self._lock:
+                self.active -= 1
         if reply == "drop":
             server.transport.abort()
             return "421 closed"  # never reaches the client
         if reply.startswith("250"):
             with self._lock:
                 self.received.append(Received(session.peer[0], envelope.mail_from, list(envelope.rcpt_tos),
-                                              envelope.original_content or envelope.content, time.time()))
+                                              envelope.original_content or envelope.content, time.time(),
+                                              session.ssl is not None))
         return reply
 
     def ids(self) -> list[str]:

@@ -21,6 +21,7 @@ from peers import DnsServer, Receiver, free_port, wait_for
 
 from actors.sender import sender_name
 from actors.spool import SPOOL_NAME
+from raymail.store.tls import ensure_certificate, server_context
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,12 +40,16 @@ RECEIVERS = {
     "capped.test": {},
     "mixed.test": {},
     "solo.test": {"delay_s": 0.03},
+    "tls.test": {},  # offers STARTTLS (set up in the fixture)
+    "slow.test": {"delay_s": 0.2},
 }
 
 
 @pytest.fixture(scope="module")
 def world(ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("outbound")
+    cert, key = ensure_certificate(tmp / "peer-tls", "mx.tls.test")
+    RECEIVERS["tls.test"]["tls_context"] = server_context(cert, key)
     peers = {d: Receiver(f"127.0.0.{10 + i}", **kw).start() for i, (d, kw) in enumerate(RECEIVERS.items())}
     mx = Receiver("127.0.0.30", port=25).start()  # reached through DNS: MX records, port 25
     dns = DnsServer({("mx.test", "MX"): ["10 mx1.mx.test."], ("mx1.mx.test", "A"): ["127.0.0.30"],
@@ -70,6 +75,17 @@ def world(ray_cluster, tmp_path_factory):
     for r in [*peers.values(), mx]:
         r.stop()
     dns.stop()
+
+
+_NAMED: dict[tuple[str, str], dict] = {}
+
+
+def named(app, local: str) -> dict:
+    """The user local@example.test (its address picks its pool via sender_categories)."""
+    key = (app.config.cluster.namespace, local)
+    if key not in _NAMED:
+        _NAMED[key] = app.user(local)
+    return _NAMED[key]
 
 
 def spool(app):
@@ -103,6 +119,24 @@ async def test_remote_and_local_in_one_send_leave_from_the_pool_ips(world):
     mid = r.json()["message_id"]
     got = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
     assert [m.peer_ip for m in got] == ["127.0.0.4"]  # the marketing pool's IP, exactly
+
+
+async def test_starttls_when_offered_plain_otherwise(world):
+    app, peers, _, _ = world
+    alice = app.user()
+    ids = [(await send(app, alice, [f"x@{d}"])).json()["message_id"] for d in ("tls.test", "ok.test")]
+    tls = await wait_for(lambda: [m for m in peers["tls.test"].received if m.message_id == ids[0]])
+    plain = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == ids[1]])
+    assert tls[0].tls is True and plain[0].tls is False
+
+
+async def test_connections_per_destination_domain_are_limited(world):
+    app, peers, _, _ = world
+    solo = named(app, "solo")  # one sender IP
+    recv = peers["slow.test"]
+    ids = [(await send(app, solo, [f"n{i}@slow.test"])).json()["message_id"] for i in range(24)]
+    await wait_for(lambda: set(ids) <= set(recv.ids()), timeout=30)
+    assert 2 <= recv.max_active <= app.config.outbound.per_domain_connections
 
 
 async def test_local_only_send_is_still_delivered(world):
@@ -202,7 +236,7 @@ async def test_no_listener_is_deferred(world):
 
 async def test_warmup_cap_holds_mail_and_warmed_ip_takes_over(world):
     app, peers, _, _ = world
-    capped = app.user("capped")
+    capped = named(app, "capped")
     for i in range(4):
         assert (await send(app, capped, [f"c{i}@capped.test"])).status_code == 201
     await wait_for(lambda: len(peers["capped.test"].received) == 2)
@@ -211,7 +245,7 @@ async def test_warmup_cap_holds_mail_and_warmed_ip_takes_over(world):
     s = ray.get(spool(app).summary.remote())
     assert s["pools"]["capped"]["capped.test"] == {"queued": 2} and s["quota_left_today"]["127.0.0.5"] == 0
 
-    mixed = app.user("mixed")
+    mixed = named(app, "mixed")
     for i in range(8):
         assert (await send(app, mixed, [f"m{i}@mixed.test"])).status_code == 201
     await wait_for(lambda: len(peers["mixed.test"].received) == 8)
@@ -221,7 +255,7 @@ async def test_warmup_cap_holds_mail_and_warmed_ip_takes_over(world):
 
 async def test_sender_killed_mid_batch_loses_nothing(world):
     app, peers, _, _ = world
-    solo = app.user("solo")
+    solo = named(app, "solo")
     recv = peers["solo.test"]
     ids = []
     for i in range(120):
