@@ -14,7 +14,7 @@ import subprocess
 import uuid
 
 import pytest
-from mta import Postfix, free_port, require_postfix
+from mta import Postfix, PostfixError, free_port, require_postfix
 
 MAX_MESSAGE_BYTES = 20_000
 SWAKS_REPLY = re.compile(r"^<(?:-|~|\*\*|~\*)\s+(\d{3})[ -](.*)$")
@@ -34,7 +34,10 @@ def interop(ray_cluster, tmp_path_factory):
 def postfix(interop):
     """Postfix relaying example.test to our MX; it delivers its own bounces for
     elsewhere.test into a maildir, so its queue drains in every test."""
-    require_postfix()
+    try:
+        require_postfix()
+    except PostfixError as exc:
+        pytest.fail(str(exc))
     with Postfix.relay_domains(free_port(), ["example.test"], ("127.0.0.1", interop.deployment.smtp_port),
                                mailboxes={"elsewhere.test": ["sender"]}, hostname="relay.postfix.test") as p:
         yield p
