@@ -20,7 +20,8 @@ Needs root and the distribution's postfix package: the master starts as root and
 its daemons drop to ``mail_owner`` (the ``postfix`` user); the queue directories
 are made by ``postfix check`` (post-install create-missing) with the owners and
 modes Postfix expects. Use it as a context manager, or call ``stop()``; whatever
-is still running when the interpreter exits is stopped then.
+is still running when the interpreter exits is stopped then, and an instance left
+by a process that was killed outright is stopped by the next ``start()``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 POSTFIX = "/usr/sbin/postfix"
+_OWNER = "owner.pid"  # the process that started an instance; see reap_orphans()
 Hostport = tuple[str, int]
 
 # The services a small instance needs; no chroot, so no copies of /etc files are needed.
@@ -172,7 +174,9 @@ class Postfix:
         return cf
 
     def start(self) -> Postfix:
+        reap_orphans()
         _running.add(self)
+        (self.root / _OWNER).write_text(str(os.getpid()))
         try:
             self._configure()
             # check creates the queue directories (owners and modes from postfix-files)
@@ -195,26 +199,13 @@ class Postfix:
         (self.config_dir / "master.cf").write_text(_MASTER_CF.format(port=f"127.0.0.1:{self.port}"))
 
     def _read_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            return int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
-        return None
+        return _master_pid(self.root)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop the master and its daemons, waiting until they are gone; then remove the files."""
-        if self not in _running:  # never started, or stopped already
-            shutil.rmtree(self.root, ignore_errors=True)
-            return
-        _running.discard(self)
-        pid = self.master_pid or self._read_pid()
-        if pid is not None:
-            with contextlib.suppress(PostfixError):
-                self._postfix("stop", timeout_s=timeout_s)
-            deadline = time.monotonic() + timeout_s
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid):  # the master leads its own process group: take the daemons too
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+        if self in _running:
+            _running.discard(self)
+            _stop(self.root, self.master_pid, timeout_s)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Postfix:
@@ -256,12 +247,9 @@ class Postfix:
 
     def _postfix(self, command: str, timeout_s: float = 60.0) -> None:
         try:
-            out = subprocess.run([POSTFIX, "-c", str(self.config_dir), command], capture_output=True,
-                                 text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired as exc:
-            raise PostfixError(f"postfix {command} did not finish in {timeout_s} s") from exc
-        if out.returncode != 0:
-            raise PostfixError(f"postfix {command} failed ({out.returncode}): {out.stderr.strip()}\n{self.log_tail()}")
+            _postfix_command(self.root, command, timeout_s)
+        except PostfixError as exc:
+            raise PostfixError(f"{exc}\n{self.log_tail()}") from None
 
     def _wait_listening(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -278,6 +266,38 @@ class Postfix:
             time.sleep(0.1)
 
 
+def _postfix_command(root: Path, command: str, timeout_s: float) -> None:
+    try:
+        out = subprocess.run([POSTFIX, "-c", str(root / "etc"), command], capture_output=True, text=True,
+                             timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise PostfixError(f"postfix {command} did not finish in {timeout_s} s") from exc
+    if out.returncode != 0:
+        raise PostfixError(f"postfix {command} failed ({out.returncode}): {out.stderr.strip()}")
+
+
+def _master_pid(root: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((root / "spool" / "pid" / "master.pid").read_text().split()[0])
+    return None
+
+
+def _stop(root: Path, pid: int | None, timeout_s: float) -> None:
+    """``postfix stop``, then wait for the master to exit; past the timeout, kill its
+    process group (the master leads one, its daemons are in it)."""
+    pid = pid or _master_pid(root)
+    if pid is None:
+        return
+    with contextlib.suppress(PostfixError):
+        _postfix_command(root, "stop", timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid) and _comm(pid) == "master":  # not a recycled pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (exited, not yet reaped by its parent) counts as gone."""
     try:
@@ -285,6 +305,23 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return "\nState:\tZ" not in status
+
+
+def _comm(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return ""
+
+
+def reap_orphans() -> None:
+    """Stop and remove instances whose owning process died without stopping them (a
+    test run killed with SIGKILL); instances of live processes are left alone."""
+    for owner in Path(tempfile.gettempdir()).glob("postfix-*/" + _OWNER):
+        with contextlib.suppress(OSError, ValueError):
+            if _alive(int(owner.read_text())):
+                continue
+            _stop(owner.parent, None, 15.0)
+            shutil.rmtree(owner.parent, ignore_errors=True)
 
 
 @atexit.register
