@@ -8,7 +8,6 @@ entries, ``claim`` them (warm-up quota and lease) -> ``report`` the SMTP outcome
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from raymail.config import Config
 from raymail.errors import StorageError
 from raymail.model import Address, Deliver, EmailMeta
 from raymail.outbound import dsn, retry, suppression, warmup
+from raymail.outbound.dispatch import Dispatcher, Key, domain_of
 from raymail.outbound.records import (
     Attempt,
     OutboundMessage,
@@ -43,15 +43,8 @@ _TICK_S = 0.05
 _SCAN_EVERY_S = 0.5
 _SNAPSHOT_EVERY_BYTES = 16 * 1024 * 1024
 
-Key = tuple[str, str]  # (outbound message id, recipient)
-
-
 def queue_name(pool: str) -> str:
     return f"outq-{pool}"
-
-
-def domain_of(rcpt: str) -> str:
-    return rcpt.rpartition("@")[2].lower()
 
 
 class OutboundSpool:
@@ -86,11 +79,7 @@ class OutboundSpool:
         self.blobs = BlobStore(config.storage_url, config.storage.options)
         self.events = EventSink(namespace)
         self.pool_of_ip = {ip: p.name for p in self.ob.pools for ip in p.ips}
-        self.ready: dict[str, dict[Key, None]] = {p.name: {} for p in self.ob.pools}  # ordered sets, FIFO
-        self.later: list[tuple[float, Key]] = []  # deferred: (next attempt, key)
-        self.dispatched: dict[Key, tuple[float, str]] = {}  # in a queue since, pool
-        self.in_queue: dict[str, int] = defaultdict(int)  # per pool
-        self.leased: dict[Key, tuple[str, float]] = {}  # -> (ip, deadline)
+        self.work = Dispatcher(self.state, self.ob.pools, self.ob.lease_s, self.ob.batch_size)
         self.queues: dict[str, Any] = {}
         self._router: Any = None
         self._wake = asyncio.Event()
@@ -98,7 +87,8 @@ class OutboundSpool:
         now = time.time()
         for msg, rcpt, st in self.state.pending():
             self._schedule(msg, rcpt, st.next_s, now)
-        self.recovered = {"pending": sum(len(r) for r in self.ready.values()) + len(self.later),
+        counts = self.work.counts()
+        self.recovered = {"pending": sum(counts["ready"].values()) + counts["later"],
                           "snapshot": rec.snapshot is not None, "records": len(rec.records),
                           "seconds": round(time.perf_counter() - started, 3)}
         log.info("outbound spool recovered: %s", self.recovered)
@@ -124,33 +114,8 @@ class OutboundSpool:
         return self.queues[pool]
 
     def _schedule(self, msg: OutboundMessage, rcpt: str, next_s: float, now: float) -> None:
-        key = (msg.id, rcpt)
-        if next_s > now:
-            heapq.heappush(self.later, (next_s, key))
-        else:
-            self.ready.setdefault(msg.pool, {})[key] = None
-            self._wake.set()
-
-    def _pending(self, key: Key) -> OutboundMessage | None:
-        states = self.state.rcpts.get(key[0])
-        st = states.get(key[1]) if states else None
-        if st is None or st.status not in (Status.QUEUED, Status.DEFERRED):
-            return None
-        return self.state.messages[key[0]]
-
-    def _undispatch(self, key: Key) -> None:
-        hit = self.dispatched.pop(key, None)
-        if hit is not None:
-            self.in_queue[hit[1]] -= 1
-
-    def _release(self, key: Key) -> None:
-        """Back to the ready set (unless finished meanwhile)."""
-        self.leased.pop(key, None)
-        self._undispatch(key)
-        msg = self._pending(key)
-        if msg is not None:
-            self.ready.setdefault(msg.pool, {})[key] = None
-            self._wake.set()
+        self.work.schedule(msg, rcpt, next_s, now)
+        self._wake.set()
 
     async def _dispatch_loop(self) -> None:
         last_scan = 0.0
@@ -164,71 +129,30 @@ class OutboundSpool:
                 now = time.time()
                 if now - last_scan >= _SCAN_EVERY_S:
                     last_scan = now
-                    self._expire(now)
+                    for key, ip in self.work.expire(now):
+                        log.warning("outbound: the lease of %s by %s expired; queued again", key, ip)
                 await self._dispatch()
             except Exception:  # noqa: BLE001 - the loop must go on
                 log.exception("outbound spool: dispatch failed")
             await asyncio.sleep(_TICK_S)  # a burst of enqueues gathers into larger entries
 
-    def _expire(self, now: float) -> None:
-        while self.later and self.later[0][0] <= now:
-            _, key = heapq.heappop(self.later)
-            msg = self._pending(key)
-            if msg is not None and key not in self.leased and key not in self.dispatched:
-                self.ready.setdefault(msg.pool, {})[key] = None
-        for key, (ip, deadline) in list(self.leased.items()):
-            if deadline <= now:
-                log.warning("outbound: the lease of %s by %s expired; queued again", key, ip)
-                self._release(key)
-        stale = now - self.ob.lease_s
-        for key, (since, _) in list(self.dispatched.items()):
-            if since <= stale:  # its queue entry was lost, or no sender could take it
-                self._release(key)
-
     async def _dispatch(self) -> None:
-        size = self.ob.batch_size
+        now = time.time()
         for pool in self.ob.pools:
-            ready = self.ready.get(pool.name)
-            if not ready:
+            entries = self.work.take(pool, now)
+            if not entries:
                 continue
-            # Only a few batches per IP wait in the queue: the rest stays here, movable.
-            room = size * len(pool.ips) * 4 - self.in_queue[pool.name]
-            if room <= 0:
-                continue
-            by_domain: dict[str, list[Key]] = defaultdict(list)
-            taken = 0
-            for key in list(ready):
-                if taken >= room:
-                    break
-                del ready[key]
-                if self._pending(key) is None or key in self.leased or key in self.dispatched:
-                    continue
-                by_domain[domain_of(key[1])].append(key)
-                taken += 1
-            now = time.time()
-            # One entry carries up to batch_size recipients, a domain's together: few
-            # queue calls and claims, and the sender sees each domain's work at once.
-            ordered = [k for keys in by_domain.values() for k in keys]
-            entries = []
-            for i in range(0, len(ordered), size):
-                grouped: dict[str, list[str]] = defaultdict(list)
-                for mid, rcpt in ordered[i : i + size]:
-                    grouped[mid].append(rcpt)
-                    self.dispatched[(mid, rcpt)] = (now, pool.name)
-                    self.in_queue[pool.name] += 1
-                entries.append(codec.encode([(self.state.messages[m], tuple(r)) for m, r in grouped.items()]))
-            if entries:
-                try:
-                    await self.queues[pool.name].actor.put_nowait_batch.remote(entries)
-                except Exception:  # noqa: BLE001 - a lost queue: a new one, and everything in it goes again
-                    log.exception("outbound: the queue of pool %s failed; making a new one", pool.name)
-                    self._recreate(pool.name)
+            try:
+                await self.queues[pool.name].actor.put_nowait_batch.remote([codec.encode(e) for e in entries])
+            except Exception:  # noqa: BLE001 - a lost queue: a new one, and everything in it goes again
+                log.exception("outbound: the queue of pool %s failed; making a new one", pool.name)
+                self._recreate(pool.name)
 
     def _recreate(self, pool: str) -> None:
         from ray.util.queue import Queue
 
-        for key in [k for k, (_, p) in self.dispatched.items() if p == pool]:
-            self._release(key)
+        self.work.lost_queue(pool)
+        self._wake.set()
         self.queues[pool] = Queue(actor_options={"namespace": self.namespace, "num_cpus": 0,
                                                  "max_concurrency": 1000})
 
@@ -288,12 +212,11 @@ class OutboundSpool:
     # -- from senders -------------------------------------------------------------
     def hello(self, ip: str) -> int:
         """A sender (re)started: the leases its earlier incarnation held go back to the queue."""
-        mine = [k for k, (owner, _) in self.leased.items() if owner == ip]
-        for key in mine:
-            self._release(key)
-        if mine:
-            log.warning("outbound: sender %s restarted; %d leased recipients queued again", ip, len(mine))
-        return len(mine)
+        n = self.work.release_ip(ip)
+        if n:
+            log.warning("outbound: sender %s restarted; %d leased recipients queued again", ip, n)
+            self._wake.set()
+        return n
 
     def quota(self, ip: str) -> int | None:
         return self.state.remaining(ip, time.time(), self.ob.warmup_daily_caps, ip in self.ob.warmed_ips)
@@ -303,27 +226,16 @@ class OutboundSpool:
         back to the ready set for another IP (or tomorrow). Returns the granted keys
         and the IP's quota left today (None: no cap)."""
         now = time.time()
-        valid = []
-        for k in map(tuple, keys):
-            if self._pending(k) is not None and k not in self.leased:
-                valid.append(k)
-            else:
-                self._undispatch(k)  # a stale copy: finished, or leased to another IP
         left = self.quota(ip)
-        n = warmup.grant(len(valid), left)
-        granted, refused = valid[:n], valid[n:]
-        deadline = now + self.ob.lease_s
-        for k in granted:
-            self._undispatch(k)
-            self.leased[k] = (ip, deadline)
-        for k in refused:
-            self._release(k)
+        granted = self.work.claim(ip, [tuple(k) for k in keys], left, now)
+        if len(granted) < len(keys):
+            self._wake.set()  # what this IP may not send is ready for another
         if granted and (left is not None or ip not in self.state.ips) and ip not in self.ob.warmed_ips:
             # Counted while the IP is in its schedule (and once, to record its first day).
             use = QuotaUse(ip, warmup.day_of(now), len(granted))
             self.state.apply(use)
             await self._append([use])
-        return granted, None if left is None else left - n
+        return granted, None if left is None else left - len(granted)
 
     async def report(self, ip: str, results: list[tuple[str, str, int, str]]) -> int:
         """Outcomes from a sender: (message id, recipient, SMTP code, text). Returns once
@@ -334,13 +246,9 @@ class OutboundSpool:
         bounced: dict[str, list[dsn.Failure]] = defaultdict(list)
         deferred = []
         for mid, rcpt, code, text in results:
-            key = (mid, rcpt)
-            if self.leased.get(key, (ip,))[0] != ip:
-                continue  # the lease moved on (expired); the new holder reports
-            self.leased.pop(key, None)
-            msg = self._pending(key)
+            msg = self.work.settle(ip, (mid, rcpt))
             if msg is None:
-                continue
+                continue  # finished already, or the lease moved on (its new holder reports)
             st = self.state.rcpts[mid][rcpt]
             d = retry.decide(code, st.attempts + 1, msg.created_s, now, self.ob.retry_backoff_s, self.ob.retry_max_age_s)
             att = Attempt(mid, rcpt, d.action.value, code, text[:1000], ip, now, d.next_s)
@@ -422,7 +330,7 @@ class OutboundSpool:
                 if st.status in (Status.DELIVERED, Status.BOUNCED):
                     continue
                 state = st.status.value
-                if (mid, rcpt) in self.leased:
+                if (mid, rcpt) in self.work.leased:
                     state = "sending"
                 counts = out.setdefault(msg.pool, {}).setdefault(domain_of(rcpt), {})
                 counts[state] = counts.get(state, 0) + 1
@@ -462,8 +370,7 @@ class OutboundSpool:
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), "recovered": self.recovered, "messages": len(self.state.messages),
-                "ready": {p: len(r) for p, r in self.ready.items()}, "later": len(self.later),
-                "dispatched": len(self.dispatched), "leased": len(self.leased), "finished": self.state.finished}
+                **self.work.counts(), "finished": self.state.finished}
 
     async def flush(self) -> bool:
         await self.log.wait_durable()

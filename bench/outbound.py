@@ -134,6 +134,7 @@ def run_raymail(args: argparse.Namespace) -> dict:
         await asyncio.gather(*(client(k) for k in range(args.clients)))
         return time.perf_counter() - t
 
+    progress(f"  processes: {pids}")
     cpu = CpuMeter(pids)
     t0 = time.perf_counter()
     accept_s = asyncio.run(load())

@@ -1,0 +1,80 @@
+"""raymail/outbound/dispatch.py: ready, waiting, queued and leased work, without Ray."""
+
+from __future__ import annotations
+
+from raymail.config import Pool
+from raymail.outbound.dispatch import Dispatcher
+from raymail.outbound.records import Attempt, OutboundMessage, SpoolState
+
+POOL = Pool("tx", ("10.0.0.1", "10.0.0.2"), ("transactional",))
+
+
+def setup(rcpts_per_msg=(("a@x.test", "b@y.test"),), batch_size=10, lease_s=30.0):
+    st = SpoolState()
+    d = Dispatcher(st, (POOL,), lease_s=lease_s, batch_size=batch_size, entries_per_ip=1)
+    for i, rcpts in enumerate(rcpts_per_msg):
+        m = OutboundMessage(f"m{i}", f"<m{i}@h>", "u1", "s@h.test", "msg/k", "transactional", "tx", rcpts, 0.0)
+        st.apply(m)
+        for r in rcpts:
+            d.schedule(m, r, 0.0, now=1.0)
+    return st, d
+
+
+def keys(entries):
+    return [(m.id, r) for e in entries for m, rs in e for r in rs]
+
+
+def test_take_groups_by_domain_and_bounds_the_queue():
+    rcpts = [tuple(f"u{j}@d{j % 3}.test" for j in range(i, i + 3)) for i in range(0, 30, 3)]
+    _, d = setup(rcpts, batch_size=5)
+    entries = d.take(POOL, now=2.0)
+    assert len(entries) == 2  # room: batch_size x 2 IPs x 1 entry each
+    taken = keys(entries)
+    assert len(taken) == 10 and len(set(taken)) == 10
+    # Arrival order interleaves three domains; entries hold a domain's recipients together.
+    assert [len({r.rpartition("@")[2] for _, rs in e for r in rs}) for e in entries] == [2, 2]
+    assert d.take(POOL, now=2.0) == []  # the queue is full until claims drain it
+
+
+def test_claim_leases_up_to_the_quota_and_frees_the_rest():
+    _, d = setup()
+    taken = keys(d.take(POOL, now=2.0))
+    granted = d.claim("10.0.0.1", taken, left=1, now=3.0)
+    assert granted == taken[:1] and d.leased[granted[0]][0] == "10.0.0.1"
+    assert list(d.ready["tx"]) == taken[1:]  # back for another IP
+    assert d.claim("10.0.0.2", taken, left=None, now=3.0) == taken[1:]  # the leased one is not given twice
+
+
+def test_settle_respects_the_lease_owner_and_finished_work():
+    st, d = setup()
+    taken = keys(d.take(POOL, now=2.0))
+    d.claim("10.0.0.1", taken, left=None, now=3.0)
+    assert d.settle("10.0.0.2", taken[0]) is None  # not its lease
+    assert d.settle("10.0.0.1", taken[0]).id == "m0"
+    st.apply(Attempt("m0", taken[0][1], "delivered", 250, "ok", "10.0.0.1", 4.0))
+    assert d.settle("10.0.0.1", taken[0]) is None  # finished: a late duplicate report
+
+
+def test_expiry_of_leases_queue_entries_and_retry_times():
+    st, d = setup(lease_s=10.0)
+    a, b = keys(d.take(POOL, now=2.0))
+    d.claim("10.0.0.1", [a], left=None, now=3.0)  # b stays in the queue, never claimed
+    expired = d.expire(now=13.0)
+    assert expired == [(a, "10.0.0.1")] and set(d.ready["tx"]) == {a, b}
+    # a deferred recipient waits for its time
+    st.apply(Attempt("m0", a[1], "deferred", 451, "later", "10.0.0.1", 13.0, next_s=50.0))
+    d.ready["tx"].clear()
+    d.schedule(st.messages["m0"], a[1], 50.0, now=13.0)
+    d.expire(now=49.0)
+    assert a not in d.ready["tx"]
+    d.expire(now=50.0)
+    assert a in d.ready["tx"]
+
+
+def test_a_restarted_sender_and_a_lost_queue_give_work_back():
+    _, d = setup()
+    a, b = keys(d.take(POOL, now=2.0))
+    d.claim("10.0.0.1", [a], left=None, now=3.0)
+    assert d.release_ip("10.0.0.1") == 1 and a in d.ready["tx"]
+    d.lost_queue("tx")
+    assert set(d.ready["tx"]) == {a, b} and d.in_queue["tx"] == 0 and not d.dispatched
