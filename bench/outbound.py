@@ -110,7 +110,9 @@ def run_raymail(args: argparse.Namespace) -> dict:
         "senders": [s["pid"] for s in ray.get([s.stats.remote() for s in dep.senders])],
         "sink": [sink.proc.pid],
     }
-    body = "x" * max(0, args.size - 600)
+    # Ordinary text: 72-character lines (7bit on the wire, like smtp-source's body).
+    line = "the quick brown fox jumps over the lazy dog and keeps on running far away"[:72]
+    body = "\n".join([line] * max(1, (args.size - 600) // 73))
     progress(f"raymail: {args.messages} messages, {args.domains} domains, {args.clients} HTTP clients")
     failures = Counter()
 
