@@ -53,7 +53,8 @@ def world(ray_cluster, tmp_path_factory):
     peers = {d: Receiver(f"127.0.0.{10 + i}", **kw).start() for i, (d, kw) in enumerate(RECEIVERS.items())}
     mx = Receiver("127.0.0.30", port=25).start()  # reached through DNS: MX records, port 25
     dns = DnsServer({("mx.test", "MX"): ["10 mx1.mx.test."], ("mx1.mx.test", "A"): ["127.0.0.30"],
-                     ("nullmx.test", "MX"): ["0 ."]}).start()
+                     ("nullmx.test", "MX"): ["0 ."],
+                     ("deadmx.test", "MX"): ["10 mx.deadmx.test."], ("mx.deadmx.test", "A"): ["127.0.0.50"]}).start()
     conftest.DNS_PORT = dns.port  # deployments here resolve through this module's own zone server
     dead_port = free_port("127.0.0.31")
     routes = {d: r.route for d, r in peers.items()}
@@ -222,16 +223,18 @@ async def test_5xx_bounces_with_a_dsn_and_suppresses(world):
     assert (await send(app, other, ["gone@reject.test"])).status_code == 201
 
 
-async def test_no_listener_is_deferred(world):
+@pytest.mark.parametrize("domain", ["nolisten.test", "deadmx.test"])  # a static route; an MX from DNS
+async def test_no_listener_is_deferred(world, domain):
     app, _, _, _ = world
     alice = app.user()
-    assert (await send(app, alice, ["x@nolisten.test"])).status_code == 201
+    assert (await send(app, alice, [f"x@{domain}"])).status_code == 201
 
     def deferred():
         s = ray.get(spool(app).summary.remote())
-        return s["pools"].get("tx", {}).get("nolisten.test", {}).get("deferred")
+        return s["pools"].get("tx", {}).get(domain, {}).get("deferred")
 
     await wait_for(deferred, timeout=15)
+    assert await inbox(app, alice) == []  # no bounce: it is retried
 
 
 async def test_warmup_cap_holds_mail_and_warmed_ip_takes_over(world):
