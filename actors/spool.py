@@ -180,7 +180,7 @@ class OutboundSpool:
     async def enqueue(self, encoded: bytes) -> int:
         """Codec-encoded ``[OutboundMessage, ...]``; returns once they are durable.
         Idempotent: a message id already known is not queued twice."""
-        msgs = [m for m in codec.decode(encoded) if m.id not in self.state.messages]
+        msgs = [m for m in codec.decode(encoded) if not self.state.known(m.id)]
         if not msgs:
             await self.log.wait_durable()
             return 0

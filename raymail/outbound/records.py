@@ -9,6 +9,7 @@ unfinished work is simply queued again.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -25,6 +26,7 @@ class Status(StrEnum):
 
 
 FINAL = frozenset({Status.DELIVERED, Status.BOUNCED})
+RECENT_FINISHED = 100_000  # finished message ids remembered, so a retried enqueue is not sent twice
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +127,11 @@ class SpoolState:
     suppressed: dict[tuple[str, str], str] = field(default_factory=dict)
     ips: dict[str, IpUse] = field(default_factory=dict)
     finished: int = 0
+    recent: OrderedDict[str, None] = field(default_factory=OrderedDict)  # finished ids, oldest first
 
     def apply(self, rec: object) -> None:
         if isinstance(rec, OutboundMessage):
-            if rec.id not in self.messages:
+            if not self.known(rec.id):
                 self.messages[rec.id] = rec
                 self.rcpts[rec.id] = {r: Rcpt() for r in dict.fromkeys(rec.recipients)}
         elif isinstance(rec, Attempt):
@@ -139,6 +142,9 @@ class SpoolState:
             if all(s.status in FINAL for s in states.values()):
                 del self.rcpts[rec.message], self.messages[rec.message]
                 self.finished += 1
+                self.recent[rec.message] = None
+                if len(self.recent) > RECENT_FINISHED:
+                    self.recent.popitem(last=False)
         elif isinstance(rec, QuotaUse):
             use = self.ips.get(rec.ip)
             if use is None:
@@ -159,6 +165,10 @@ class SpoolState:
             raise TypeError(f"spool: unknown record {type(rec).__name__}")
 
     # -- queries -------------------------------------------------------------
+    def known(self, message_id: str) -> bool:
+        """Queued now, or finished recently (an enqueue retried after its answer was lost)."""
+        return message_id in self.messages or message_id in self.recent
+
     def remaining(self, ip: str, now_s: float, daily_caps: tuple[int, ...], warmed: bool) -> int | None:
         today = warmup.day_of(now_s)
         use = self.ips.get(ip)
@@ -186,6 +196,7 @@ class SpoolState:
             "suppressed": [[s, a, why] for (s, a), why in self.suppressed.items()],
             "ips": {ip: [u.first_day, u.day, u.used] for ip, u in self.ips.items()},
             "finished": self.finished,
+            "recent": list(self.recent),
         }
 
     @classmethod
@@ -197,4 +208,5 @@ class SpoolState:
         st.suppressed = {(s, a): why for s, a, why in data["suppressed"]}
         st.ips = {ip: IpUse(*v) for ip, v in data["ips"].items()}
         st.finished = data["finished"]
+        st.recent = OrderedDict.fromkeys(data.get("recent", ()))
         return st

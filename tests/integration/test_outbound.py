@@ -439,3 +439,17 @@ async def test_4xx_until_the_maximum_age_then_bounce_without_suppression(short_l
     # a transient failure is no reason to block the address, for anyone
     assert (await send(app, alice, ["x@down.test"])).status_code == 201
     assert (await send(app, bob, ["x@down.test"])).status_code == 201
+
+
+async def test_a_retried_send_with_an_idempotency_key_goes_out_once(world):
+    app, peers, _, _ = world
+    alice = app.user()
+    body = {"recipients": ["once@ok.test"], "subject": "once", "body": "hello"}
+    async with app.client(alice["token"]) as c:
+        first = await c.post("/v1/send", json=body, headers={"Idempotency-Key": "k-1"})
+        mid = first.json()["message_id"]
+        await wait_for(lambda: mid in peers["ok.test"].ids())
+        again = await c.post("/v1/send", json=body, headers={"Idempotency-Key": "k-1"})  # after delivery
+    assert again.status_code == 201 and again.json()["message_id"] == mid
+    await asyncio.sleep(1.5)
+    assert peers["ok.test"].ids().count(mid) == 1

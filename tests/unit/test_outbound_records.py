@@ -40,6 +40,9 @@ def test_lifecycle_and_finish():
     assert [(m.id, r) for m, r, _ in st.pending()] == [("m1", "a@x.test")]
     st.apply(Attempt("m1", "a@x.test", "delivered", 250, "ok", "10.0.0.1", 90.0))
     assert "m1" not in st.messages and st.finished == 1 and list(st.pending()) == []
+    assert st.known("m1")  # a retried enqueue of a finished message is not queued again
+    st.apply(msg())
+    assert "m1" not in st.messages
     # a late duplicate report for finished work changes nothing
     st.apply(Attempt("m1", "a@x.test", "bounced", 550, "late", "10.0.0.2", 95.0))
     assert "m1" not in st.rcpts
@@ -76,4 +79,4 @@ def test_snapshot_round_trip():
                  QuotaUse("10.0.0.1", 100, 4), Suppress("*", "c@z.test", "550", 2.0)])
     back = SpoolState.load(codec.decode(codec.encode(st.dump())))
     assert back.messages == st.messages and back.rcpts == st.rcpts
-    assert back.suppressed == st.suppressed and back.ips == st.ips
+    assert back.suppressed == st.suppressed and back.ips == st.ips and back.recent == st.recent
