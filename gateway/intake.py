@@ -26,7 +26,12 @@ class Stored:
     parsed: compose.Parsed
 
 
-def _store_sync(svc: Services, raw: bytes) -> Stored:
+INLINE_PARSE_BYTES = 64 * 1024  # smaller messages are parsed on the event loop: a thread hop costs more
+
+
+def _prepare(svc: Services, raw: bytes) -> tuple[bytes, tuple[AttachmentRef, ...], compose.Parsed]:
+    """Cut attachments out into their own blobs (stored here) and parse the text view;
+    returns the bytes to store for the message itself."""
     segments, found = skeleton.extract(raw)
     refs = []
     it = iter(found)
@@ -46,13 +51,19 @@ def _store_sync(svc: Services, raw: bytes) -> Stored:
                                   filename=attachments.sanitize_filename(part.filename), blob=key))
         out.append(skeleton.BlobRef(key, len(part.data)))
     stored = skeleton.pack(out) if refs else raw
-    blob = svc.blobs.put("msg", stored)
     parsed = compose.parse(skeleton.text_view(out) if refs else raw)
-    return Stored(blob=blob, size=len(raw), refs=tuple(refs), parsed=parsed)
+    return stored, tuple(refs), parsed
 
 
 async def store_raw(svc: Services, raw: bytes) -> Stored:
-    return await asyncio.to_thread(_store_sync, svc, raw)
+    """Store ``raw`` durably (attachments, then the message through the gateway's
+    group commit, as ``POST /v1/send`` does) and return what the mailbox entry needs."""
+    if len(raw) <= INLINE_PARSE_BYTES and not skeleton.may_have_attachments(raw):
+        stored, refs, parsed = _prepare(svc, raw)  # no attachment to write: nothing blocks
+    else:
+        stored, refs, parsed = await asyncio.to_thread(_prepare, svc, raw)
+    blob = await svc.blob_writer.put(stored)
+    return Stored(blob=blob, size=len(raw), refs=refs, parsed=parsed)
 
 
 def _addr(value: str) -> Address:

@@ -69,7 +69,14 @@ def _address_list(addrs: tuple[Address, ...]) -> str:
 
 
 def snippet_of(text: str) -> str:
-    return _WS_RE.sub(" ", text).strip()[:SNIPPET_CHARS]
+    """The first SNIPPET_CHARS characters with whitespace runs collapsed; only as
+    much of a long body is scanned as the snippet needs."""
+    window = SNIPPET_CHARS * 4
+    while True:
+        snippet = _WS_RE.sub(" ", text[:window]).strip()
+        if len(snippet) >= SNIPPET_CHARS or window >= len(text):
+            return snippet[:SNIPPET_CHARS]
+        window *= 4
 
 
 def build(

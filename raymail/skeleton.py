@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import policy
@@ -86,6 +87,14 @@ class Extracted:
     content_type: str
 
 
+_BASE64 = re.compile(rb"base64", re.IGNORECASE)
+
+
+def may_have_attachments(raw: bytes) -> bool:
+    """False when ``raw`` has no base64 part at all, so ``extract`` finds nothing."""
+    return _BASE64.search(raw) is not None
+
+
 def extract(raw: bytes, min_bytes: int = 1024) -> tuple[list[Segment], list[Extracted]]:
     """Cut canonical base64 attachment bodies out of ``raw``.
 
@@ -93,6 +102,8 @@ def extract(raw: bytes, min_bytes: int = 1024) -> tuple[list[Segment], list[Extr
     extracted body in order, and the bodies; the caller stores each body and
     fills in the keys. Anything unusual stays inline, so rebuilding is exact.
     """
+    if len(raw) < min_bytes or not may_have_attachments(raw):
+        return [raw], []  # nothing to cut out: skip the parse
     try:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw)
         parts = [p for p in msg.walk() if _is_attachment(p)]

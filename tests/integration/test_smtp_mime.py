@@ -53,3 +53,53 @@ async def test_malformed_mime_is_stored_as_received(app, case):
         stored = (await c.get(f"/v1/emails/{eid}/raw")).content
         assert stored.endswith(raw)  # trace headers in front, the original bytes kept
         assert (await c.get("/v1/search", params={"q": "body"})).status_code == 200
+
+
+async def test_data_transparency_and_large_messages(app):
+    """Dots at line starts are unstuffed (RFC 5321 4.5.2), a line ending in a dot does
+    not end the message, and a message spanning many reads arrives byte for byte."""
+    bob = app.user()
+    small = (b"Subject: dots\r\n\r\n.starts with a dot\r\n..two dots\r\nends with a dot.\r\n.\r\n"
+             b"a lone dot above was part of the text.\r\n")
+    big = b"Subject: big\r\n\r\n" + b"".join(b"%06d " % i + b"x" * 990 + b".\r\n" for i in range(600))
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", app.deployment.smtp_port, timeout=30) as s:
+            s.ehlo("client.test")
+            for raw in (small, big):  # smtplib dot-stuffs on the wire; the server must undo it
+                assert s.sendmail("zed@elsewhere.test", [bob["email"]], raw) == {}
+            code, _ = s.docmd("NOOP")  # the session is in a clean state afterwards
+            assert code == 250
+
+    await asyncio.to_thread(send)
+    async with app.client(bob["token"]) as c:
+        page = (await c.get("/v1/emails")).json()
+        assert page["total"] == 2
+        raws = {e["subject"]: (await c.get(f"/v1/emails/{e['id']}/raw")).content for e in page["emails"]}
+    assert raws["dots"].endswith(small)
+    assert raws["big"].endswith(big) and len(big) > 600_000
+
+
+async def test_empty_message_and_pipelined_session(app):
+    bob = app.user()
+
+    def run() -> list[bytes]:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", app.deployment.smtp_port), timeout=10) as sock:
+            f = sock.makefile("rb")
+            f.readline()
+            sock.sendall(b"EHLO client.test\r\n")
+            while f.readline()[3:4] == b"-":
+                pass
+            # RFC 2920: MAIL, RCPT and DATA in one group, then the content and the next command at once.
+            sock.sendall(f"MAIL FROM:<zed@elsewhere.test>\r\nRCPT TO:<{bob['email']}>\r\nDATA\r\n".encode())
+            replies = [f.readline() for _ in range(3)]
+            sock.sendall(b".\r\nNOOP\r\n")  # an empty message, then a command in the same packet
+            replies += [f.readline(), f.readline()]
+            return replies
+
+    replies = await asyncio.to_thread(run)
+    assert [r[:3] for r in replies] == [b"250", b"250", b"354", b"250", b"250"], replies
+    async with app.client(bob["token"]) as c:
+        assert (await c.get("/v1/emails")).json()["total"] == 1
