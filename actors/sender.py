@@ -97,8 +97,11 @@ class SenderActor:
     - At most ``per_domain_connections`` connections to a destination domain and
       ``max_connections`` in all; one connection carries up to
       ``messages_per_connection`` messages, across batches: an idle connection is
-      kept for a moment for the next batch to that domain. STARTTLS whenever offered (without
-      certificate checks, as opportunistic TLS is, RFC 7435); plain otherwise.
+      kept for a moment for the next batch to that domain.
+    - STARTTLS whenever offered (without certificate checks, as opportunistic TLS
+      is, RFC 7435); plain otherwise.
+    - A message is read from storage just before it is sent: memory holds one
+      message per connection.
     """
 
     def __init__(self, config: Config, pool: str, ip: str, spool_name: str, namespace: str) -> None:
@@ -145,13 +148,17 @@ class SenderActor:
                 except BaseException:
                     self.inflight.release()
                     raise
-                jobs = [_Job(m, tuple(r)) for m, r in codec.decode(entry)]
-                keys = [(j.msg.id, r) for j in jobs for r in j.rcpts]
-                granted, left = await self.spool.claim.remote(self.ip, keys)
+                try:
+                    jobs = [_Job(m, tuple(r)) for m, r in codec.decode(entry)]
+                    keys = [(j.msg.id, r) for j in jobs for r in j.rcpts]
+                    granted, left = await self.spool.claim.remote(self.ip, keys)
+                except BaseException:
+                    self.inflight.release()  # unclaimed: the spool puts the entry back after lease_s
+                    raise
                 ok = set(map(tuple, granted))
                 jobs = [_Job(j.msg, g) for j in jobs if (g := tuple(r for r in j.rcpts if (j.msg.id, r) in ok))]
                 task = asyncio.ensure_future(self._deliver_entry(jobs))
-                task.add_done_callback(lambda _: self.inflight.release())
+                task.add_done_callback(self._entry_done)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - never die silently; a lost queue is fetched again
@@ -163,40 +170,28 @@ class SenderActor:
                 except Exception:  # noqa: BLE001
                     pass
 
+    def _entry_done(self, task: asyncio.Future) -> None:
+        self.inflight.release()
+        if not task.cancelled() and task.exception() is not None:
+            # Unreported work goes back when its lease expires.
+            log.error("sender %s: a batch failed: %r", self.ip, task.exception())
+
     async def _deliver_entry(self, jobs: list[_Job]) -> None:
-        # Read each message once per entry, before any connection: what cannot be read
-        # is reported at once (dead when gone, deferred when storage is down).
-        raws: dict[str, bytes] = {}
-        failed = []
-        for job in jobs:
-            if job.msg.id in raws:
-                continue
-            try:
-                raws[job.msg.id] = job.msg.dkim_header.encode("ascii") + await asyncio.to_thread(
-                    read_message, self.blobs, job.msg.blob)
-            except BlobMissing as exc:
-                failed += [(job.msg.id, r, retry.INTERNAL, f"the stored message is gone: {exc}") for r in job.rcpts]
-            except StorageError as exc:
-                failed += [(job.msg.id, r, 451, f"4.3.0 local storage unavailable: {exc}") for r in job.rcpts]
-        if failed:
-            await self.reporter.report(failed)
         by_domain: dict[str, dict[str, _Job]] = defaultdict(dict)
         for job in jobs:
-            if job.msg.id not in raws:
-                continue
             for rcpt in job.rcpts:  # recipients of one message at one domain share a transaction
                 j = by_domain[rcpt.rpartition("@")[2].lower()].setdefault(job.msg.id, _Job(job.msg, ()))
                 j.rcpts += (rcpt,)
-        await asyncio.gather(*(self._deliver_domain(d, list(js.values()), raws) for d, js in by_domain.items()))
+        await asyncio.gather(*(self._deliver_domain(d, list(js.values())) for d, js in by_domain.items()))
 
-    async def _deliver_domain(self, domain: str, work: list[_Job], raws: dict[str, bytes]) -> None:
+    async def _deliver_domain(self, domain: str, work: list[_Job]) -> None:
         try:
             targets = await self._route(domain)
         except _Fail as f:
             await self.reporter.report([(j.msg.id, r, f.code, f.text) for j in work for r in j.rcpts])
             return
         lanes = min(self.ob.per_domain_connections, len(work))
-        await asyncio.gather(*(self._lane(domain, targets, work[i::lanes], raws) for i in range(lanes)))
+        await asyncio.gather(*(self._lane(domain, targets, work[i::lanes]) for i in range(lanes)))
 
     async def _route(self, domain: str) -> list[tuple[str, int]]:
         static = self.ob.routes.get(domain)
@@ -218,38 +213,57 @@ class SenderActor:
             raise _Fail(retry.DNS_TEMP, f"4.4.3 no address found for the mail exchangers of {domain}")
         return targets
 
-    async def _lane(self, domain: str, targets: list[tuple[str, int]], work: list[_Job],
-                    raws: dict[str, bytes]) -> None:
-        """One connection at a time, several messages on each."""
+    async def _read(self, job: _Job) -> bytes | None:
+        """The bytes to send; None when they cannot be read (reported: dead when the
+        stored message is gone, deferred when storage is down)."""
+        try:
+            return job.msg.dkim_header.encode("ascii") + await asyncio.to_thread(read_message, self.blobs,
+                                                                                 job.msg.blob)
+        except BlobMissing as exc:
+            code, text = retry.INTERNAL, f"the stored message is gone: {exc}"
+        except StorageError as exc:
+            code, text = 451, f"4.3.0 local storage unavailable: {exc}"
+        await self.reporter.report([(job.msg.id, r, code, text) for r in job.rcpts])
+        return None
+
+    async def _lane(self, domain: str, targets: list[tuple[str, int]], work: list[_Job]) -> None:
+        """Messages one after the other on one connection (reused, or new when needed);
+        each is read just before it is sent, so memory holds one message per lane."""
         async with self.per_domain[domain], self.conns:
-            while work:
-                conn = self._cached(domain)
-                if conn is None:
-                    smtp, where, why = await self._connect(targets)
-                    if smtp is None:
-                        await self.reporter.report([(j.msg.id, r, retry.CONNECT_FAILED, why)
-                                                    for j in work for r in j.rcpts])
-                        return
-                    conn = _Conn(smtp, where)
-                keep = False
-                try:
-                    room = self.ob.messages_per_connection - conn.sent
-                    batch, work = work[:room], work[room:]
-                    keep = True
-                    for i, job in enumerate(batch):
-                        results, alive = await self._send(conn.smtp, job, raws[job.msg.id], conn.where)
-                        conn.sent += 1
-                        await self.reporter.report(results)
-                        if not alive:
-                            work = batch[i + 1 :] + work  # a fresh connection for the rest
-                            keep = False
-                            break
-                finally:
-                    if keep and conn.sent < self.ob.messages_per_connection and conn.smtp.is_connected:
-                        conn.idle_since = time.monotonic()
-                        self.idle[domain].append(conn)
-                    else:
+            conn: _Conn | None = None
+            try:
+                for i, job in enumerate(work):
+                    raw = await self._read(job)
+                    if raw is None:
+                        continue
+                    if conn is not None and conn.sent >= self.ob.messages_per_connection:
                         await self._close(conn.smtp)
+                        conn = None
+                    if conn is None:
+                        conn = self._cached(domain)
+                    if conn is None:
+                        smtp, where, why = await self._connect(targets)
+                        if smtp is None:
+                            await self.reporter.report([(j.msg.id, r, retry.CONNECT_FAILED, why)
+                                                        for j in work[i:] for r in j.rcpts])
+                            return
+                        conn = _Conn(smtp, where)
+                    results, alive = await self._send(conn.smtp, job, raw, conn.where)
+                    conn.sent += 1
+                    await self.reporter.report(results)
+                    if not alive:  # the next message gets a fresh connection
+                        await self._close(conn.smtp)
+                        conn = None
+            except BaseException:
+                if conn is not None:
+                    conn.smtp.close()  # possibly mid-transaction: never reused
+                raise
+            if conn is not None:
+                if conn.smtp.is_connected and conn.sent < self.ob.messages_per_connection:
+                    conn.idle_since = time.monotonic()
+                    self.idle[domain].append(conn)
+                else:
+                    await self._close(conn.smtp)
 
     def _cached(self, domain: str) -> _Conn | None:
         """An idle connection to the domain from an earlier batch (Postfix's connection cache)."""
