@@ -8,11 +8,10 @@ entries, ``claim`` them (warm-up quota and lease) -> ``report`` the SMTP outcome
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
-import uuid
-from collections import defaultdict
 from typing import Any
 
 from gateway.events import EventSink
@@ -24,6 +23,7 @@ from raymail.outbound import dsn, retry, suppression, warmup
 from raymail.outbound.dispatch import Dispatcher, Key, domain_of
 from raymail.outbound.records import (
     Attempt,
+    DsnDone,
     OutboundMessage,
     QuotaUse,
     Requeue,
@@ -42,6 +42,12 @@ SPOOL_NAME = "outbound-spool"
 _TICK_S = 0.05
 _SCAN_EVERY_S = 0.5
 _SNAPSHOT_EVERY_BYTES = 16 * 1024 * 1024
+_DSN_TRIES = 12
+
+def _dsn_status(code: int, text: str) -> str:
+    # A bounce with a 4xx code is one that ran out of time (RFC 3463 4.4.7).
+    return "4.4.7" if 400 <= code < 500 else retry.enhanced_status(code, text)
+
 
 def queue_name(pool: str) -> str:
     return f"outq-{pool}"
@@ -84,6 +90,7 @@ class OutboundSpool:
         self._router: Any = None
         self._wake = asyncio.Event()
         self._snapshotting = False
+        self._bouncing: set[str] = set()
         now = time.time()
         for msg, rcpt, st in self.state.pending():
             self._schedule(msg, rcpt, st.next_s, now)
@@ -93,6 +100,8 @@ class OutboundSpool:
                           "seconds": round(time.perf_counter() - started, 3)}
         log.info("outbound spool recovered: %s", self.recovered)
         self._make_queues()
+        for mid in list(self.state.bounces):  # reports a crash kept from their senders
+            self._report_bounces(mid)
         self._task = asyncio.get_event_loop().create_task(self._dispatch_loop())
 
     # -- queues ---------------------------------------------------------------
@@ -243,7 +252,7 @@ class OutboundSpool:
         now = time.time()
         pool = self.pool_of_ip.get(ip, "")
         records: list = []
-        bounced: dict[str, list[dsn.Failure]] = defaultdict(list)
+        bounced: set[str] = set()
         deferred = []
         for mid, rcpt, code, text in results:
             msg = self.work.settle(ip, (mid, rcpt))
@@ -251,13 +260,13 @@ class OutboundSpool:
                 continue  # finished already, or the lease moved on (its new holder reports)
             st = self.state.rcpts[mid][rcpt]
             d = retry.decide(code, st.attempts + 1, msg.created_s, now, self.ob.retry_backoff_s, self.ob.retry_max_age_s)
+            if d.expired:
+                text = f"gave up after {st.attempts + 1} attempts; last reply: {code} {text}"
             att = Attempt(mid, rcpt, d.action.value, code, text[:1000], ip, now, d.next_s)
             records.append(att)
             event = d.action.value
             if d.action is Action.BOUNCED:
-                bounced[mid].append(dsn.Failure(rcpt, retry.enhanced_status(code, text) if not d.expired else "4.4.7",
-                                                code, text if not d.expired else f"gave up after {st.attempts + 1} "
-                                                f"attempts; last reply: {code} {text}"))
+                bounced.add(mid)
                 if not d.expired:  # a hard bounce: this address is not mailed again
                     records.append(Suppress(suppression.scope_for(self.ob.suppression, msg.sender_uid), rcpt,
                                             f"{code} {text}"[:300], now))
@@ -265,15 +274,14 @@ class OutboundSpool:
                 deferred.append((msg, rcpt, d.next_s))
             self.events.record(event, smtp_code=code, message_id=msg.message_id, sender=msg.sender_email,
                                recipient_domain=domain_of(rcpt), pool=pool or msg.pool, ip=ip, detail=text)
-        msgs = {mid: self.state.messages[mid] for mid in bounced}
         for r in records:
             self.state.apply(r)
         if records:
             await self._append(records)
         for msg, rcpt, next_s in deferred:
             self._schedule(msg, rcpt, next_s, now)
-        for mid, failures in bounced.items():
-            asyncio.ensure_future(self._bounce(msgs[mid], failures, now))
+        for mid in bounced:
+            self._report_bounces(mid)
         return len(records)
 
     # -- bounces ------------------------------------------------------------------
@@ -289,35 +297,61 @@ class OutboundSpool:
                                        timeout_s=g.request_timeout_s)
         return self._router
 
-    async def _bounce(self, msg: OutboundMessage, failures: list[dsn.Failure], now: float) -> None:
-        """A DSN into the sender's Inbox (the shard pushes it to their sockets)."""
+    def _report_bounces(self, mid: str) -> None:
+        if mid not in self._bouncing:
+            self._bouncing.add(mid)
+            asyncio.ensure_future(self._bounce(mid))
+
+    async def _bounce(self, mid: str) -> None:
+        """Bounce reports into the sender's Inbox (the shard pushes them to their
+        sockets), until none is pending for ``mid``. The report's id derives from the
+        message and its recipients, so one re-sent after a restart lands once."""
+        try:
+            for attempt in range(_DSN_TRIES):
+                hit = self.state.bounces.get(mid)
+                if hit is None:
+                    return
+                msg, failures = hit
+                try:
+                    await self._deliver_dsn(msg, failures)
+                except Exception:  # noqa: BLE001 - retried; pending in the log across restarts
+                    log.exception("outbound: the bounce report for %s could not be delivered to %s (try %d)",
+                                  mid, msg.sender_email, attempt + 1)
+                    await asyncio.sleep(min(60.0, 2.0**attempt))
+                    continue
+                done = DsnDone(mid, tuple(f[0] for f in failures))
+                self.state.apply(done)
+                await self._append([done])
+        finally:
+            self._bouncing.discard(mid)
+
+    async def _deliver_dsn(self, msg: OutboundMessage, failures: list[tuple[str, int, str]]) -> None:
         from actors.sender import read_message
 
+        now = time.time()
         try:
-            try:
-                original = await asyncio.to_thread(read_message, self.blobs, msg.blob)
-            except StorageError:
-                original = f"Message-ID: {msg.message_id}\r\n".encode()
-            parsed_orig = compose.parse(dsn.original_headers(original) + b"\r\n")
-            hostname = self.config.server.hostname
-            raw, dsn_id = dsn.build(reporting_mta=hostname, to=msg.sender_email,
-                                    original_message_id=msg.message_id, original_subject=parsed_orig.subject,
-                                    failures=failures, headers=dsn.original_headers(original),
-                                    arrival_s=msg.created_s, now_s=now)
-            blob = await asyncio.to_thread(self.blobs.put, "msg", raw)
-            parsed = compose.parse(raw)
-            meta = EmailMeta(
-                id=uuid.uuid4().hex, uid=msg.sender_uid, message_id=dsn_id, folder="inbox",
-                sender=Address(f"MAILER-DAEMON@{hostname}", "Mail Delivery System"), to=(Address(msg.sender_email),),
-                cc=(), bcc=(), subject=parsed.subject, snippet=compose.snippet_of(parsed.text), date=now,
-                size=len(raw), unread=True, has_attachments=False, blob=blob,
-            )
-            (res,) = await self._shards().apply([Deliver(msg.sender_uid, meta, now, parsed.text)])
-            if not res.ok:
-                raise RuntimeError(res.message)
-        except Exception:  # noqa: BLE001 - the bounce is recorded; its report is best effort
-            log.exception("outbound: the bounce report for %s could not be delivered to %s", msg.id,
-                          msg.sender_email)
+            original = await asyncio.to_thread(read_message, self.blobs, msg.blob)
+        except StorageError:
+            original = f"Message-ID: {msg.message_id}\r\n".encode()
+        headers = dsn.original_headers(original)
+        hostname = self.config.server.hostname
+        raw, dsn_id = dsn.build(
+            reporting_mta=hostname, to=msg.sender_email, original_message_id=msg.message_id,
+            original_subject=compose.parse(headers + b"\r\n").subject, headers=headers,
+            failures=[dsn.Failure(r, _dsn_status(code, text), code, text) for r, code, text in failures],
+            arrival_s=msg.created_s, now_s=now)
+        blob = await asyncio.to_thread(self.blobs.put, "msg", raw)
+        parsed = compose.parse(raw)
+        email_id = hashlib.sha256("\x00".join((msg.id, *sorted(f[0] for f in failures))).encode()).hexdigest()[:32]
+        meta = EmailMeta(
+            id=email_id, uid=msg.sender_uid, message_id=dsn_id, folder="inbox",
+            sender=Address(f"MAILER-DAEMON@{hostname}", "Mail Delivery System"), to=(Address(msg.sender_email),),
+            cc=(), bcc=(), subject=parsed.subject, snippet=compose.snippet_of(parsed.text), date=now,
+            size=len(raw), unread=True, has_attachments=False, blob=blob,
+        )
+        (res,) = await self._shards().apply([Deliver(msg.sender_uid, meta, now, parsed.text)])
+        if not res.ok:
+            raise RuntimeError(res.message)
 
     # -- operators ------------------------------------------------------------------
     async def summary(self) -> dict:
@@ -370,7 +404,7 @@ class OutboundSpool:
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), "recovered": self.recovered, "messages": len(self.state.messages),
-                **self.work.counts(), "finished": self.state.finished}
+                **self.work.counts(), "finished": self.state.finished, "bounces_pending": len(self.state.bounces)}
 
     async def flush(self) -> bool:
         await self.log.wait_durable()

@@ -46,6 +46,7 @@ register(23, records.QuotaUse)
 register(24, records.Suppress)
 register(25, records.Unsuppress)
 register(26, records.Requeue)
+register(27, records.DsnDone)
 
 
 def _default(obj: Any) -> Any:

@@ -93,6 +93,14 @@ class Requeue:
 
 
 @dataclass(frozen=True, slots=True)
+class DsnDone:
+    """The bounce report for these recipients of ``message`` is in the sender's Inbox."""
+
+    message: str
+    rcpts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Rcpt:
     status: Status = Status.QUEUED
     attempts: int = 0
@@ -128,6 +136,9 @@ class SpoolState:
     ips: dict[str, IpUse] = field(default_factory=dict)
     finished: int = 0
     recent: OrderedDict[str, None] = field(default_factory=OrderedDict)  # finished ids, oldest first
+    # Bounces whose report is not in the sender's Inbox yet: message id -> (message,
+    # [(recipient, code, text)]). Kept past the message's end, so a restart sends them.
+    bounces: dict[str, tuple[OutboundMessage, list[tuple[str, int, str]]]] = field(default_factory=dict)
 
     def apply(self, rec: object) -> None:
         if isinstance(rec, OutboundMessage):
@@ -139,6 +150,9 @@ class SpoolState:
             if states is None or rec.rcpt not in states or states[rec.rcpt].status in FINAL:
                 return  # a late report for finished work (a duplicate after a lease expired)
             states[rec.rcpt] = after(states[rec.rcpt], rec)
+            if rec.action == "bounced":
+                self.bounces.setdefault(rec.message, (self.messages[rec.message], []))[1].append(
+                    (rec.rcpt, rec.code, rec.text))
             if all(s.status in FINAL for s in states.values()):
                 del self.rcpts[rec.message], self.messages[rec.message]
                 self.finished += 1
@@ -157,6 +171,14 @@ class SpoolState:
             self.suppressed[(rec.scope, rec.address.lower())] = rec.reason
         elif isinstance(rec, Unsuppress):
             self.suppressed.pop((rec.scope, rec.address.lower()), None)
+        elif isinstance(rec, DsnDone):
+            hit = self.bounces.get(rec.message)
+            if hit is not None:
+                left = [f for f in hit[1] if f[0] not in rec.rcpts]
+                if left:
+                    self.bounces[rec.message] = (hit[0], left)
+                else:
+                    del self.bounces[rec.message]
         elif isinstance(rec, Requeue):
             states = self.rcpts.get(rec.message)
             if states is not None and states.get(rec.rcpt, Rcpt()).status is Status.DEAD:
@@ -197,6 +219,7 @@ class SpoolState:
             "ips": {ip: [u.first_day, u.day, u.used] for ip, u in self.ips.items()},
             "finished": self.finished,
             "recent": list(self.recent),
+            "bounces": [[m, [list(f) for f in fs]] for m, fs in self.bounces.values()],
         }
 
     @classmethod
@@ -209,4 +232,5 @@ class SpoolState:
         st.ips = {ip: IpUse(*v) for ip, v in data["ips"].items()}
         st.finished = data["finished"]
         st.recent = OrderedDict.fromkeys(data.get("recent", ()))
+        st.bounces = {m.id: (m, [tuple(f) for f in fs]) for m, fs in data.get("bounces", ())}
         return st

@@ -453,3 +453,19 @@ async def test_a_retried_send_with_an_idempotency_key_goes_out_once(world):
     assert again.status_code == 201 and again.json()["message_id"] == mid
     await asyncio.sleep(1.5)
     assert peers["ok.test"].ids().count(mid) == 1
+
+
+async def test_a_bounce_report_survives_a_spool_restart_and_arrives_once(world):
+    app, _, _, _ = world
+    alice = app.user()
+    sp = spool(app)
+    pid = ray.get(sp.stats.remote())["pid"]
+    assert (await send(app, alice, ["gone@reject.test"], subject="bounce then crash")).status_code == 201
+    await asyncio.sleep(0.3)  # about when the sender reports the 550
+    ray.kill(sp, no_restart=False)
+    await wait_for(lambda: _stats_after_restart(app, pid), timeout=60)
+    await dsn_of(app, alice, timeout=30)
+    await asyncio.sleep(2.0)
+    reports = [e for e in await inbox(app, alice) if e["from"]["email"].startswith("MAILER-DAEMON@")]
+    assert len(reports) == 1
+    assert ray.get(spool(app).stats.remote())["bounces_pending"] == 0

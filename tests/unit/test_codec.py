@@ -78,6 +78,7 @@ SAMPLES = [
     records.Suppress(scope="sender", address="b@example.org", reason="550 5.1.1", ts=3.5),
     records.Unsuppress(scope="global", address="b@example.org"),
     records.Requeue(message="o1", rcpt="b@example.org", ts=4.5),
+    records.DsnDone(message="o1", rcpts=("b@example.org", "c@example.org")),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from raymail import codec
 from raymail.outbound.records import (
     Attempt,
+    DsnDone,
     OutboundMessage,
     QuotaUse,
     Requeue,
@@ -46,6 +47,20 @@ def test_lifecycle_and_finish():
     # a late duplicate report for finished work changes nothing
     st.apply(Attempt("m1", "a@x.test", "bounced", 550, "late", "10.0.0.2", 95.0))
     assert "m1" not in st.rcpts
+
+
+def test_bounces_wait_for_their_report_across_the_message_end():
+    st = replay([msg(), Attempt("m1", "a@x.test", "bounced", 550, "5.1.1 unknown", "10.0.0.1", 20.0),
+                 Attempt("m1", "b@y.test", "bounced", 451, "gave up", "10.0.0.1", 21.0)])
+    assert "m1" not in st.messages  # finished...
+    m, failures = st.bounces["m1"]  # ...but its bounce report is still owed
+    assert m.id == "m1" and failures == [("a@x.test", 550, "5.1.1 unknown"), ("b@y.test", 451, "gave up")]
+    back = SpoolState.load(codec.decode(codec.encode(st.dump())))
+    assert back.bounces == st.bounces
+    st.apply(DsnDone("m1", ("a@x.test",)))
+    assert st.bounces["m1"][1] == [("b@y.test", 451, "gave up")]
+    st.apply(DsnDone("m1", ("b@y.test",)))
+    assert "m1" not in st.bounces
 
 
 def test_dead_and_requeue():
