@@ -30,8 +30,6 @@ from common import ROOT, CpuMeter, progress, start
 sys.path.insert(0, str(ROOT / "tests"))
 from mta import Postfix, free_port  # noqa: E402
 
-from raymail import config as config_mod  # noqa: E402
-
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SENDER, RECIPIENT = "sender@elsewhere.test", "user@example.test"
 
@@ -90,13 +88,11 @@ def bench_postfix(args: argparse.Namespace) -> Result:
 
 
 def bench_raymail(args: argparse.Namespace) -> Result:
-    limits = {"mx_messages_per_minute": 10_000_000, "max_recipients": 1000}
-    known = {f.name for f in dataclasses.fields(config_mod.LimitsConfig)}
-    # The per-client-address guards would stop one busy peer: raise them where the config has them.
-    limits.update({k: v for k, v in (("smtp_connections_per_ip", 10_000), ("smtp_connects_per_minute", 10_000_000))
-                   if k in known})
+    # One busy peer on loopback: lift the per-client-address guards out of its way.
+    limits = {"mx_messages_per_minute": 10_000_000, "max_recipients": 1000,
+              "smtp_connections_per_ip": 10_000, "smtp_connects_per_minute": 10_000_000}
     sections: dict = {"limits": limits}
-    if hasattr(config_mod, "MailAuthConfig") and not args.mailauth:
+    if not args.mailauth:
         sections["mailauth"] = {"enabled": False}  # Postfix checks no SPF/DKIM/DMARC either
     progress(f"starting raymail: {args.shards} shards, {args.gateways} gateway(s)")
     dep, cfg, directory = start(shards=args.shards, gateways=args.gateways, **sections)
