@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 from gateway.events import EventSink
@@ -43,6 +44,8 @@ _TICK_S = 0.05
 _SCAN_EVERY_S = 0.5
 _SNAPSHOT_EVERY_BYTES = 16 * 1024 * 1024
 _DSN_TRIES = 12
+_SUPPRESSION_CHANGES_KEPT = 10_000
+_GATEWAY_SYNC_WAIT_S = 2.0
 
 def _dsn_status(code: int, text: str) -> str:
     # A bounce with a 4xx code is one that ran out of time (RFC 3463 4.4.7).
@@ -91,6 +94,13 @@ class OutboundSpool:
         self._wake = asyncio.Event()
         self._snapshotting = False
         self._bouncing: set[str] = set()
+        # Gateways keep a copy of the suppression list, kept current by polling
+        # ``suppression_since``: changes since a version of this incarnation.
+        self.sup_epoch = uuid.uuid4().hex
+        self.sup_version = 0
+        self.sup_base = 0  # the version before the oldest change kept
+        self.sup_changes: list[tuple[int, bool, str, str, str]] = []  # (version, added, scope, address, why)
+        self.gateway_acks: dict[str, tuple[int, float]] = {}  # gateway -> (version it holds, when it asked)
         now = time.time()
         for msg, rcpt, st in self.state.pending():
             self._schedule(msg, rcpt, st.next_s, now)
@@ -193,30 +203,66 @@ class OutboundSpool:
         if not msgs:
             await self.log.wait_durable()
             return 0
-        for m in msgs:
-            self.state.apply(m)
-        await self._append(msgs)
         now = time.time()
+        # The gateway checked its copy of the suppression list; this is the last word
+        # (a bounce may have landed meanwhile): such a recipient bounces, with a report.
+        refused = [Attempt(m.id, r, Action.BOUNCED.value, 550,
+                           f"5.7.1 not sent: {r} is suppressed after an earlier hard bounce ({why})", "", now)
+                   for m in msgs for r in dict.fromkeys(m.recipients)
+                   if (why := self.state.is_suppressed(suppression.scope_for(self.ob.suppression, m.sender_uid), r))
+                   is not None]
+        for rec in (*msgs, *refused):
+            self.state.apply(rec)
+        await self._append([*msgs, *refused])
+        skip = {(a.message, a.rcpt) for a in refused}
         for m in msgs:
             for rcpt in dict.fromkeys(m.recipients):
-                self._schedule(m, rcpt, 0.0, now)
-                self.events.record("queued", smtp_code=0, message_id=m.message_id, sender=m.sender_email,
-                                   recipient_domain=domain_of(rcpt), pool=m.pool, detail=m.id)
+                event = "suppressed" if (m.id, rcpt) in skip else "queued"
+                self.events.record(event, smtp_code=550 if event == "suppressed" else 0, message_id=m.message_id,
+                                   sender=m.sender_email, recipient_domain=domain_of(rcpt), pool=m.pool, detail=m.id)
+                if event == "queued":
+                    self._schedule(m, rcpt, 0.0, now)
+        for mid in {a.message for a in refused}:
+            self._report_bounces(mid)
         return len(msgs)
 
     async def suppressed(self, requests: list[tuple[str, str, list[str]]]) -> list[list[tuple[str, str]]]:
-        """For each (sender uid, sender email, addresses): the suppressed ones and why.
-        A refusal is an event (``suppressed``) for the reputation pipelines."""
+        """For each (sender uid, sender email, addresses): the suppressed ones and why
+        (for a gateway that has no copy of the list yet)."""
         await self.log.wait_durable()  # answer from durable state only
         out = []
-        for uid, sender, addrs in requests:
+        for uid, _, addrs in requests:
             scope = suppression.scope_for(self.ob.suppression, uid)
-            hits = [(a, why) for a in addrs if (why := self.state.is_suppressed(scope, a)) is not None]
-            for a, why in hits:
-                self.events.record("suppressed", smtp_code=0, sender=sender, recipient_domain=domain_of(a),
-                                   detail=f"refused at send: {why}")
-            out.append(hits)
+            out.append([(a, why) for a in addrs if (why := self.state.is_suppressed(scope, a)) is not None])
         return out
+
+    def suppression_since(self, gateway: str, epoch: str, version: int) -> tuple:
+        """What changed in the suppression list since ``version``: (epoch, version, the
+        full list or None, changes). A gateway of another incarnation gets the full list."""
+        if epoch == self.sup_epoch:
+            self.gateway_acks[gateway] = (version, time.monotonic())
+        if epoch != self.sup_epoch or version < self.sup_base:
+            full = [(s, a, why) for (s, a), why in self.state.suppressed.items()]
+            return self.sup_epoch, self.sup_version, full, []
+        return self.sup_epoch, self.sup_version, None, [c for c in self.sup_changes if c[0] > version]
+
+    def _suppression_changed(self, added: bool, scope: str, address: str, why: str) -> None:
+        self.sup_version += 1
+        self.sup_changes.append((self.sup_version, added, scope, address.lower(), why))
+        if len(self.sup_changes) > _SUPPRESSION_CHANGES_KEPT:
+            self.sup_base = self.sup_changes.pop(0)[0]
+
+    async def _gateways_caught_up(self) -> None:
+        """Wait (a little) until every gateway that polls holds the current suppression
+        list, so a sender who sees a bounce report is refused when sending again."""
+        deadline = time.monotonic() + _GATEWAY_SYNC_WAIT_S
+        target = self.sup_version
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            behind = [g for g, (v, seen) in self.gateway_acks.items() if v < target and now - seen < 3.0]
+            if not behind:
+                return
+            await asyncio.sleep(0.05)
 
     # -- from senders -------------------------------------------------------------
     def hello(self, ip: str) -> int:
@@ -278,6 +324,9 @@ class OutboundSpool:
             self.state.apply(r)
         if records:
             await self._append(records)
+        for r in records:
+            if isinstance(r, Suppress):
+                self._suppression_changed(True, r.scope, r.address, r.reason)
         for msg, rcpt, next_s in deferred:
             self._schedule(msg, rcpt, next_s, now)
         for mid in bounced:
@@ -313,6 +362,7 @@ class OutboundSpool:
                     return
                 msg, failures = hit
                 try:
+                    await self._gateways_caught_up()
                     await self._deliver_dsn(msg, failures)
                 except Exception:  # noqa: BLE001 - retried; pending in the log across restarts
                     log.exception("outbound: the bounce report for %s could not be delivered to %s (try %d)",
@@ -400,6 +450,8 @@ class OutboundSpool:
             self.state.apply(r)
         if recs:
             await self._append(recs)
+        for r in recs:
+            self._suppression_changed(False, r.scope, r.address, "")
         return len(recs)
 
     def stats(self) -> dict:

@@ -432,6 +432,9 @@ def search_text(body: str | None, html: str | None) -> str:
 async def check_suppressed(svc: Services, user: User, remote: list[str]) -> None:
     """422 when a remote recipient hard-bounced earlier (the suppression list)."""
     hits = await svc.outbound.suppressed(user.uid, user.email, remote)  # type: ignore[union-attr]
+    for address, why in hits:
+        svc.events.record("suppressed", smtp_code=422, sender=user.email, recipient_domain=addresses.domain_of(address),
+                          detail=f"refused at send: {why}")
     if hits:
         raise Unprocessable(suppression.refusal([a for a, _ in hits]), code="suppressed_recipient")
 

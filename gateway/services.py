@@ -38,9 +38,10 @@ class Services:
         self.events = EventSink(self.config.cluster.namespace)
         g = self.config.gateway
         # None when no IP pool is configured: mail then stays inside the local domains.
-        self.outbound = OutboundClient("outbound-spool", self.config.cluster.namespace, max_items=g.batch_max_ops,
-                                       max_inflight=g.max_inflight_batches, timeout_s=g.request_timeout_s) \
-            if self.config.outbound.pools else None
+        self.outbound = OutboundClient(
+            "outbound-spool", self.config.cluster.namespace, self.name, self.config.outbound.suppression,
+            max_items=g.batch_max_ops, max_inflight=g.max_inflight_batches, timeout_s=g.request_timeout_s,
+        ) if self.config.outbound.pools else None
         self.resolver = Resolver.from_config(self.config.dns)  # one TTL cache per process
         self._by_token: dict[str, tuple[User, float]] = {}
         self._by_email: dict[str, tuple[User, float]] = {}

@@ -214,7 +214,9 @@ class SubmissionHandler:
                 envelope.rcpt_tos.pop()
                 return "451 4.3.0 The outbound queue is unavailable; try again later"
             if hits:
-                envelope.rcpt_tos.pop()
+                svc.events.record("suppressed", smtp_code=550, sender=user.email,
+                                  recipient_domain=addresses.domain_of(envelope.rcpt_tos.pop()),
+                                  detail=f"refused at RCPT: {hits[0][1]}")
                 return smtp_rules.SUPPRESSED
         return reply
 

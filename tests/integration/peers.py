@@ -60,6 +60,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     peers: list[str] = field(default_factory=list)
     attempts: int = 0
+    rcpt_log: list[str] = field(default_factory=list)  # every RCPT TO address, accepted or not
     active: int = 0  # transactions in DATA right now, and the most ever at once
     max_active: int = 0
 
@@ -83,6 +84,7 @@ class Receiver:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           options: list[str]) -> str:
         with self._lock:
+            self.rcpt_log.append(address.lower())
             reply = self.refuse.get(address.lower()) or (self.rcpt_script.pop(0) if self.rcpt_script else "250 OK")
         if reply.startswith("250"):
             envelope.rcpt_tos.append(address)

@@ -469,3 +469,32 @@ async def test_a_bounce_report_survives_a_spool_restart_and_arrives_once(world):
     reports = [e for e in await inbox(app, alice) if e["from"]["email"].startswith("MAILER-DAEMON@")]
     assert len(reports) == 1
     assert ray.get(spool(app).stats.remote())["bounces_pending"] == 0
+
+
+async def test_the_spool_refuses_a_suppressed_recipient_the_gateway_let_through(world):
+    """A bounce may land between the gateway's check and the enqueue: the spool has the last word."""
+    from raymail import codec
+    from raymail.outbound.records import OutboundMessage
+
+    app, peers, _, _ = world
+    alice = app.user()
+    assert (await send(app, alice, ["gone@reject.test"])).status_code == 201
+    await dsn_of(app, alice)  # hard bounce: suppressed for alice
+    raw = b"From: a@example.test\r\nTo: gone@reject.test\r\nSubject: raced\r\nMessage-ID: <raced@x>\r\n\r\nhi\r\n"
+    blob = storage_of(app).put("msg", raw)
+    msg = OutboundMessage(uuid.uuid4().hex, "<raced@x>", alice["uid"], alice["email"], blob, "transactional", "tx",
+                          ("gone@reject.test",), 1.0)
+    tried = peers["reject.test"].rcpt_log.count("gone@reject.test")
+    assert ray.get(spool(app).enqueue.remote(codec.encode([msg]))) == 1
+
+    async def reports():
+        return [e for e in await inbox(app, alice) if e["from"]["email"].startswith("MAILER-DAEMON@")]
+
+    deadline = asyncio.get_running_loop().time() + 15
+    while len(await reports()) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "no second bounce report"
+        await asyncio.sleep(0.2)
+    async with app.client(alice["token"]) as c:
+        raw_report = (await c.get(f"/v1/emails/{(await reports())[0]['id']}/raw")).content
+    assert b"suppressed" in raw_report and b"raced" in raw_report
+    assert peers["reject.test"].rcpt_log.count("gone@reject.test") == tried  # never attempted
