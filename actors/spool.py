@@ -123,6 +123,9 @@ class OutboundSpool:
             name = queue_name(pool.name)
             try:  # a queue left by an earlier incarnation holds stale copies
                 ray.kill(ray.get_actor(name, namespace=self.namespace))
+                for _ in range(100):  # the name is free once the old actor is gone
+                    ray.get_actor(name, namespace=self.namespace)
+                    time.sleep(0.05)
             except ValueError:
                 pass
             self.queues[pool.name] = Queue(actor_options={"name": name, "namespace": self.namespace,
