@@ -41,6 +41,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  WebSocket     ws://{host}:{dep.port}/v1/connect", flush=True)
     print(f"  SMTP MX       {host}:{dep.smtp_port}   submission {host}:{dep.submission_port} (STARTTLS + AUTH)",
           flush=True)
+    if cfg.outbound.pools:
+        pools = "; ".join(f"{p.name} {', '.join(p.ips)}" for p in cfg.outbound.pools)
+        print(f"  Outbound      pools: {pools}  (raymail queue shows what waits)", flush=True)
     if not cfg.cluster.address and cfg.cluster.dashboard:
         print(f"  Ray dashboard http://127.0.0.1:{cfg.cluster.dashboard_port}", flush=True)
     print(f"  create a user: raymail user add alice@example.test --data-dir {cfg.data_path}", flush=True)
