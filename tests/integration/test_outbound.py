@@ -498,3 +498,26 @@ async def test_the_spool_refuses_a_suppressed_recipient_the_gateway_let_through(
         raw_report = (await c.get(f"/v1/emails/{(await reports())[0]['id']}/raw")).content
     assert b"suppressed" in raw_report and b"raced" in raw_report
     assert peers["reject.test"].rcpt_log.count("gone@reject.test") == tried  # never attempted
+
+
+async def test_attachments_leave_whole_and_exactly_as_stored(world):
+    import base64
+    import os
+
+    app, peers, _, _ = world
+    alice = app.user()
+    data = os.urandom(300_000)  # stored apart from the message (a skeleton references it)
+    async with app.client(alice["token"]) as c:
+        up = await c.post("/v1/attachments", content=data,
+                          headers={"Content-Type": "application/octet-stream", "X-Filename": "blob.bin"})
+        assert up.status_code == 201, up.text
+        r = await c.post("/v1/send", json={"recipients": ["att@ok.test"], "subject": "with attachment",
+                                           "body": "see attached", "attachments": [up.json()["id"]]})
+        assert r.status_code == 201 and r.json()["status"] == "queued"
+        raw = (await c.get(f"/v1/emails/{r.json()['id']}/raw")).content
+    mid = r.json()["message_id"]
+    got = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
+    # Byte for byte what the Sent copy holds (after a DKIM-Signature, once example.test has a key).
+    assert got[0].data.endswith(raw)
+    part = email.message_from_bytes(got[0].data, policy=policy.default).get_payload()[1]
+    assert base64.b64decode(part.get_payload()) == data
