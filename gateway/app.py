@@ -221,7 +221,7 @@ class Api:
         if remote:
             outbound = await outbound_message(
                 svc, user, delivered.raw, keys[0], delivered.message_id, remote, req.category, (),
-                stable("outbound") or uuid.uuid4().hex, now)
+                stable("outbound") or uuid.uuid4().hex, now, delivered.segments, delivered.size)
         results = await svc.router.apply(ops)
         for res in results:
             if not res.ok:
@@ -441,17 +441,25 @@ async def check_suppressed(svc: Services, user: User, remote: list[str]) -> None
 
 async def outbound_message(svc: Services, user: User, raw: bytes, blob: str, message_id: str, remote: list[str],
                            category: str | None, headers: tuple[tuple[str, str], ...], out_id: str,
-                           now: float) -> OutboundMessage:
+                           now: float, segments: list | None = None, size: int = 0) -> OutboundMessage:
     """The spool record for the remote recipients: classified, and DKIM-signed when the
-    sender's domain has a key."""
+    sender's domain has a key. ``raw`` is the source, or with ``segments`` (a message
+    whose attachments are stored apart) only its text view."""
     ob = svc.config.outbound
     cat = classify.category_of(category, headers, user.email, ob.sender_categories, ob.default_category)
     pool = classify.pool_for(cat, ob.pools)
     key = svc.dkim_key(addresses.domain_of(user.email))
-    header = await asyncio.to_thread(dkim_mod.signature_header, raw, key) if key is not None else ""
+    header = ""
+    if key is not None:
+        def sign() -> str:
+            # The signature covers the bytes that leave: the full source, attachments included.
+            full = raw if segments is None else b"".join(skeleton.iter_raw(segments, svc.blobs.read_range))
+            return dkim_mod.signature_header(full, key)
+
+        header = await asyncio.to_thread(sign)
     return OutboundMessage(id=out_id, message_id=message_id, sender_uid=user.uid, sender_email=user.email,
                            blob=blob, category=cat, pool=pool.name, recipients=tuple(remote), created_s=now,
-                           size=len(raw), dkim_header=header)
+                           size=size or len(raw), dkim_header=header)
 
 
 def parse_cursor(value: str | None) -> int:

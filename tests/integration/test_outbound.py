@@ -504,7 +504,12 @@ async def test_attachments_leave_whole_and_exactly_as_stored(world):
     import base64
     import os
 
+    import dkim
+
+    from raymail.outbound.dkim import create_key
+
     app, peers, _, _ = world
+    _, txt = create_key(app.config.data_path, "example.test").txt_record()
     alice = app.user()
     data = os.urandom(300_000)  # stored apart from the message (a skeleton references it)
     async with app.client(alice["token"]) as c:
@@ -517,7 +522,8 @@ async def test_attachments_leave_whole_and_exactly_as_stored(world):
         raw = (await c.get(f"/v1/emails/{r.json()['id']}/raw")).content
     mid = r.json()["message_id"]
     got = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
-    # Byte for byte what the Sent copy holds (after a DKIM-Signature, once example.test has a key).
-    assert got[0].data.endswith(raw)
+    # Byte for byte what the Sent copy holds, after a DKIM-Signature that signs exactly it.
+    assert got[0].data.endswith(raw) and got[0].data.startswith(b"DKIM-Signature:")
+    assert dkim.verify(got[0].data, dnsfunc=lambda name, timeout=5: txt.encode())
     part = email.message_from_bytes(got[0].data, policy=policy.default).get_payload()[1]
     assert base64.b64decode(part.get_payload()) == data
