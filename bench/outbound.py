@@ -97,14 +97,14 @@ def domains(n: int) -> list[str]:
 def run_raymail(args: argparse.Namespace) -> dict:
     sink = Sink()
     routes = {d: f"127.0.0.1:{sink.port}" for d in domains(args.domains)}
-    dep, cfg, directory = start(outbound={
+    dep, cfg, directory = start(gateways=args.gateways, outbound={
         "pools": POOLS, "routes": routes,
         "warmup": {"warmed_ips": [ip for p in POOLS for ip in p["ips"]]},
         "retry": {"backoff_s": [5], "max_age_s": 3600},
     })
     users = make_users(directory, 20)
     pids = {
-        "gateway": [g["pid"] for g in ray.get([g.stats.remote() for g in dep.gateways])],
+        "gateway": [g["pid"] for g in ray.get([g.stats.remote() for g in dep.gateways])],  # all of them
         "shards": [s["pid"] for s in ray.get([s.stats.remote() for s in dep.shards])],
         "spool": [ray.get(dep.spool.stats.remote())["pid"]],
         "senders": [s["pid"] for s in ray.get([s.stats.remote() for s in dep.senders])],
@@ -193,6 +193,7 @@ def main() -> None:
     ap.add_argument("--domains", type=int, default=50)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--size", type=int, default=5120)
+    ap.add_argument("--gateways", type=int, default=1)
     ap.add_argument("--timeout-s", type=float, default=900.0)
     ap.add_argument("--only", choices=["raymail", "postfix"])
     args = ap.parse_args()
