@@ -165,7 +165,7 @@ class SenderActor:
                 log.warning("sender %s: %r; fetching the queue again", self.ip, exc)
                 await asyncio.sleep(0.5)
                 try:
-                    queue = await self.spool.queue.remote(self.pool)
+                    queue = await self.spool.queue.remote(self.pool, broken=True)
                     left = await self.spool.quota.remote(self.ip)
                 except Exception:  # noqa: BLE001
                     pass

@@ -116,23 +116,34 @@ class OutboundSpool:
 
     # -- queues ---------------------------------------------------------------
     def _make_queues(self) -> None:
+        for pool in self.ob.pools:
+            self.queues[pool.name] = self._new_queue(pool.name)
+
+    def _new_queue(self, pool: str) -> Any:
         import ray
         from ray.util.queue import Queue
 
-        for pool in self.ob.pools:
-            name = queue_name(pool.name)
-            try:  # a queue left by an earlier incarnation holds stale copies
-                ray.kill(ray.get_actor(name, namespace=self.namespace))
-                for _ in range(100):  # the name is free once the old actor is gone
-                    ray.get_actor(name, namespace=self.namespace)
-                    time.sleep(0.05)
-            except ValueError:
-                pass
-            self.queues[pool.name] = Queue(actor_options={"name": name, "namespace": self.namespace,
-                                                          "num_cpus": 0, "max_concurrency": 1000})
+        name = queue_name(pool)
+        try:  # a queue left by an earlier incarnation (or a broken one) holds stale copies
+            ray.kill(ray.get_actor(name, namespace=self.namespace))
+            for _ in range(100):  # the name is free once the old actor is gone
+                ray.get_actor(name, namespace=self.namespace)
+                time.sleep(0.05)
+        except ValueError:
+            pass
+        return Queue(actor_options={"name": name, "namespace": self.namespace, "num_cpus": 0,
+                                    "max_concurrency": 1000})
 
-    def queue(self, pool: str) -> Any:
-        """The pool's queue (senders call this again when a queue call fails)."""
+    async def queue(self, pool: str, broken: bool = False) -> Any:
+        """The pool's queue. A sender whose queue calls fail says ``broken``: if the
+        queue does not answer, a new one replaces it and what the old one held is
+        queued again."""
+        if broken:
+            try:
+                await asyncio.wait_for(self.queues[pool].actor.qsize.remote(), 5.0)
+            except Exception:  # noqa: BLE001 - dead or hung: replace it
+                log.warning("outbound: the queue of pool %s does not answer; making a new one", pool)
+                self._recreate(pool)
         return self.queues[pool]
 
     def _schedule(self, msg: OutboundMessage, rcpt: str, next_s: float, now: float) -> None:
@@ -171,12 +182,9 @@ class OutboundSpool:
                 self._recreate(pool.name)
 
     def _recreate(self, pool: str) -> None:
-        from ray.util.queue import Queue
-
         self.work.lost_queue(pool)
         self._wake.set()
-        self.queues[pool] = Queue(actor_options={"namespace": self.namespace, "num_cpus": 0,
-                                                 "max_concurrency": 1000})
+        self.queues[pool] = self._new_queue(pool)
 
     async def _append(self, records: list) -> None:
         """Log ``records`` (already applied to the state); returns once durable."""

@@ -527,3 +527,13 @@ async def test_attachments_leave_whole_and_exactly_as_stored(world):
     assert dkim.verify(got[0].data, dnsfunc=lambda name, timeout=5: txt.encode())
     part = email.message_from_bytes(got[0].data, policy=policy.default).get_payload()[1]
     assert base64.b64decode(part.get_payload()) == data
+
+
+async def test_a_lost_queue_is_replaced_and_its_work_queued_again(world):
+    from actors.spool import queue_name
+
+    app, peers, _, _ = world
+    alice = app.user()
+    ray.kill(ray.get_actor(queue_name("tx"), namespace=app.config.cluster.namespace), no_restart=True)
+    mid = (await send(app, alice, ["after-queue-loss@ok.test"])).json()["message_id"]
+    await wait_for(lambda: mid in peers["ok.test"].ids(), timeout=30)
