@@ -130,9 +130,7 @@ class SenderActor:
     async def _run(self) -> None:
         from ray.util.queue import Empty
 
-        await self.spool.hello.remote(self.ip)
-        queue = await self.spool.queue.remote(self.pool)
-        left = await self.spool.quota.remote(self.ip)
+        queue, left = await self._start()
         while True:
             try:
                 if left == 0:
@@ -169,6 +167,16 @@ class SenderActor:
                     left = await self.spool.quota.remote(self.ip)
                 except Exception:  # noqa: BLE001
                     pass
+
+    async def _start(self) -> tuple[Any, int | None]:
+        """Tell the spool this IP (re)started, then take its queue and today's quota."""
+        while True:
+            try:
+                await self.spool.hello.remote(self.ip)
+                return await self.spool.queue.remote(self.pool), await self.spool.quota.remote(self.ip)
+            except Exception as exc:  # noqa: BLE001 - the spool may be restarting: try again
+                log.warning("sender %s: the spool did not answer: %r", self.ip, exc)
+                await asyncio.sleep(1.0)
 
     def _entry_done(self, task: asyncio.Future) -> None:
         self.inflight.release()
