@@ -377,6 +377,10 @@ async def test_every_step_is_in_the_event_log(world):
     app, peers, _, _ = world
     alice = app.user()
     mid = (await send(app, alice, ["log@ok.test"])).json()["message_id"]
+    await send(app, alice, ["log@nolisten.test"])  # deferred
+    await send(app, alice, ["gone@reject.test"])  # bounced...
+    await dsn_of(app, alice)
+    assert (await send(app, alice, ["gone@reject.test"])).status_code == 422  # ...then suppressed
     await wait_for(lambda: mid in peers["ok.test"].ids())
     await asyncio.sleep(1.5)  # the spool hands its events over about once a second
     catalog = ray.get_actor("catalog", namespace=app.config.cluster.namespace)
@@ -386,8 +390,11 @@ async def test_every_step_is_in_the_event_log(world):
     delivered = rows[1]
     assert delivered["smtp_code"] == 250 and delivered["pool"] == "tx" and delivered["ip"] in ("127.0.0.2", "127.0.0.3")
     assert delivered["sender"] == alice["email"] and delivered["recipient_domain"] == "ok.test"
-    events = {r["event"] for r in read_table(storage_of(app), "events").to_pylist()}
-    assert {"queued", "delivered", "deferred", "bounced", "suppressed"} <= events
+    events = {r["event"] for r in read_table(storage_of(app), "events").to_pylist() if r["sender"] == alice["email"]}
+    assert events == {"queued", "delivered", "deferred", "bounced", "suppressed"}
+    from actors.catalog import day_partition, list_parts
+
+    assert any(f"/events/{day_partition(delivered['ts'])}/" in k for k in list_parts(storage_of(app), "events").live)
 
 
 async def test_submission_takes_the_same_path(world):
