@@ -63,9 +63,10 @@ class _Reporter:
         self.running = False
 
     async def report(self, results: list[tuple[str, str, int, str]]) -> None:
+        if not results:
+            return
         fut = asyncio.get_running_loop().create_future()
-        self.pending.extend((r, fut) for r in results[:-1])
-        self.pending.append((results[-1], fut))
+        self.pending.extend((r, fut) for r in results)
         if not self.running:
             asyncio.ensure_future(self._run())
         await fut
