@@ -50,6 +50,9 @@ bench: $(VENV)/.installed-dev system-deps
 	$(BIN)/python bench/attachments.py
 	$(BIN)/python bench/search_live.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/mailauth.py
+	$(BIN)/python bench/smtp_intake.py
+	$(BIN)/python bench/outbound.py
 
 clean:
 	rm -rf $(VENV) var
