@@ -278,9 +278,9 @@ class OutboundSpool:
     # -- from senders -------------------------------------------------------------
     def hello(self, ip: str) -> int:
         """A sender (re)started: the leases its earlier incarnation held go back to the queue."""
-        n = self.work.release_ip(ip)
+        n = self.work.release_ip(ip, self.pool_of_ip.get(ip, ""))
         if n:
-            log.warning("outbound: sender %s restarted; %d leased recipients queued again", ip, n)
+            log.warning("outbound: sender %s (re)started; %d leased or queued recipients queued again", ip, n)
             self._wake.set()
         return n
 

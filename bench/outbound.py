@@ -77,14 +77,15 @@ class Sink:
         self.proc.wait(5)
 
 
-def wait_all(sink: Sink, n: int, t0: float, timeout_s: float) -> float:
+def wait_all(sink: Sink, n: int, t0: float, timeout_s: float, spool=None) -> float:
     last = t0
     while sink.poll() < n:
         now = time.perf_counter()
         if now - t0 > timeout_s:
             raise SystemExit(f"only {sink.poll()} of {n} messages reached the sink after {timeout_s:.0f} s")
         if now - last > 5:
-            progress(f"  {sink.poll()} at the sink after {now - t0:.0f} s")
+            extra = f"; spool {ray.get(spool.stats.remote())}" if spool is not None else ""
+            progress(f"  {sink.poll()} at the sink after {now - t0:.0f} s{extra}")
             last = now
         time.sleep(0.05)
     return time.perf_counter() - t0
@@ -137,13 +138,22 @@ def run_raymail(args: argparse.Namespace) -> dict:
         return time.perf_counter() - t
 
     progress(f"  processes: {pids}")
+    if args.drain:  # accept everything first; then time the delivery side alone
+        dep.stop_senders()
     cpu = CpuMeter(pids)
     t0 = time.perf_counter()
     accept_s = asyncio.run(load())
     if failures:
         raise SystemExit(f"sends refused: {dict(failures)}")
     progress(f"  all accepted (201 queued) in {accept_s:.1f} s")
-    total_s = wait_all(sink, args.messages, t0, args.timeout_s)
+    if args.drain:
+        time.sleep(1.0)
+        dep.start_senders()
+        pids["senders"] = [s["pid"] for s in ray.get([s.stats.remote() for s in dep.senders])]
+        cpu = CpuMeter(pids)
+        t0 = time.perf_counter()
+        progress("  senders started: draining the queue")
+    total_s = wait_all(sink, args.messages, t0, args.timeout_s, dep.spool)
     used = cpu.stop()
     time.sleep(0.5)  # the last record may still be being written
     by_cat: dict[str, Counter] = {"transactional": Counter(), "marketing": Counter()}
@@ -194,6 +204,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--gateways", type=int, default=1)
+    ap.add_argument("--drain", action="store_true",
+                    help="raymail: accept everything with the senders stopped, then time only the delivery")
     ap.add_argument("--timeout-s", type=float, default=900.0)
     ap.add_argument("--only", choices=["raymail", "postfix"])
     args = ap.parse_args()

@@ -120,12 +120,23 @@ class Deployment:
         ns = cfg.cluster.namespace
         self.spool = ray.remote(OutboundSpool).options(**_options(cfg, SPOOL_NAME)).remote(cfg, snames, ns)
         log.info("outbound spool ready: %s", ray.get(self.spool.stats.remote())["recovered"])
+        self.start_senders()
+
+    def start_senders(self) -> None:
+        cfg = self.config
         sender_cls = ray.remote(SenderActor)
         self.senders = [
-            sender_cls.options(**_options(cfg, sender_name(pool.name, ip))).remote(cfg, pool.name, ip, SPOOL_NAME, ns)
+            sender_cls.options(**_options(cfg, sender_name(pool.name, ip))).remote(
+                cfg, pool.name, ip, SPOOL_NAME, cfg.cluster.namespace)
             for pool in cfg.outbound.pools for ip in pool.ips
         ]
         ray.get([s.stats.remote() for s in self.senders])
+
+    def stop_senders(self) -> None:
+        """Outbound mail waits in the spool until ``start_senders`` (operators, benchmarks)."""
+        for s in self.senders:
+            ray.kill(s, no_restart=True)
+        self.senders = []
 
     def check(self) -> None:
         """Nudge every actor: a restarted gateway starts serving again on its first call."""

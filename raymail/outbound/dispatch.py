@@ -146,9 +146,13 @@ class Dispatcher:
         self._undispatch(key)
         return self.pending(key)
 
-    def release_ip(self, ip: str) -> int:
-        """A restarted sender: the leases its earlier incarnation held go back."""
+    def release_ip(self, ip: str, pool: str) -> int:
+        """A restarted sender: the leases its earlier incarnation held go back, and so
+        does everything waiting in its pool's queue: a call that was waiting on the
+        queue when the sender died may still take an entry, which then reaches nobody.
+        Copies left in the queue are refused when claimed."""
         mine = [k for k, (owner, _) in self.leased.items() if owner == ip]
+        mine += [k for k, (_, p) in self.dispatched.items() if p == pool]
         for key in mine:
             self.release(key)
         return len(mine)

@@ -75,6 +75,11 @@ def test_a_restarted_sender_and_a_lost_queue_give_work_back():
     _, d = setup()
     a, b = keys(d.take(POOL, now=2.0))
     d.claim("10.0.0.1", [a], left=None, now=3.0)
-    assert d.release_ip("10.0.0.1") == 1 and a in d.ready["tx"]
+    # its lease, and what sits in the pool's queue (a dead sender's waiting call may take it)
+    assert d.release_ip("10.0.0.1", "tx") == 2 and set(d.ready["tx"]) == {a, b}
+    assert d.in_queue["tx"] == 0 and not d.dispatched
+    again = keys(d.take(POOL, now=4.0))
+    assert d.claim("10.0.0.2", [a], left=None, now=4.0) == [a]  # an old copy claimed first...
+    assert d.claim("10.0.0.2", again, left=None, now=4.0) == [b]  # ...so its new copy is refused
     d.lost_queue("tx")
-    assert set(d.ready["tx"]) == {a, b} and d.in_queue["tx"] == 0 and not d.dispatched
+    assert not d.dispatched
