@@ -99,7 +99,7 @@ def run_raymail(args: argparse.Namespace) -> dict:
     sink = Sink()
     routes = {d: f"127.0.0.1:{sink.port}" for d in domains(args.domains)}
     dep, cfg, directory = start(gateways=args.gateways, outbound={
-        "pools": POOLS, "routes": routes,
+        "pools": POOLS, "routes": routes, "per_domain_connections": args.per_domain,
         "warmup": {"warmed_ips": [ip for p in POOLS for ip in p["ips"]]},
         "retry": {"backoff_s": [5], "max_age_s": 3600},
     })
@@ -179,7 +179,9 @@ def run_postfix(args: argparse.Namespace) -> dict:
     sink = Sink()
     port = free_port()
     progress(f"postfix: {args.messages} messages, {args.domains} domains, relayed to smtp-sink")
-    with Postfix.relay_domains(port, domains(args.domains), ("127.0.0.1", sink.port)):
+    # --drain: hold everything in the deferred queue (defer_transports), then release and flush.
+    settings = {"defer_transports": "smtp"} if args.drain else {}
+    with Postfix.relay_domains(port, domains(args.domains), ("127.0.0.1", sink.port), settings=settings) as pf:
         per = args.messages // args.domains
         t0 = time.perf_counter()
         # One smtp-source per domain, all at once: like the HTTP clients, many parallel senders.
@@ -191,6 +193,14 @@ def run_postfix(args: argparse.Namespace) -> dict:
             p.wait()
         accept_s = time.perf_counter() - t0
         progress(f"  all accepted in {accept_s:.1f} s")
+        if args.drain:
+            conf = str(pf.config_dir)
+            time.sleep(2.0)  # let the queue manager move everything to the deferred queue
+            subprocess.run(["postconf", "-c", conf, "-e", "defer_transports ="], check=True)
+            subprocess.run(["postfix", "-c", conf, "reload"], check=True, capture_output=True)
+            t0 = time.perf_counter()
+            subprocess.run(["postqueue", "-c", conf, "-f"], check=True)
+            progress("  released and flushed: draining the queue")
         # Postfix may have answered 250 before we look; its relay time is from the same t0.
         total_s = wait_all(sink, per * args.domains, t0, args.timeout_s)
     sink.stop()
@@ -204,8 +214,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--gateways", type=int, default=1)
+    ap.add_argument("--per-domain", type=int, default=4, help="raymail: connections per destination domain per IP")
     ap.add_argument("--drain", action="store_true",
-                    help="raymail: accept everything with the senders stopped, then time only the delivery")
+                    help="accept everything first (raymail: senders stopped; Postfix: defer_transports), "
+                         "then time only the delivery")
     ap.add_argument("--timeout-s", type=float, default=900.0)
     ap.add_argument("--only", choices=["raymail", "postfix"])
     args = ap.parse_args()
