@@ -12,7 +12,6 @@ import uuid
 from email import policy
 from pathlib import Path
 
-import conftest
 import pytest
 import ray
 from conftest import start_app, storage_of
@@ -55,7 +54,6 @@ def world(ray_cluster, tmp_path_factory):
     dns = DnsServer({("mx.test", "MX"): ["10 mx1.mx.test."], ("mx1.mx.test", "A"): ["127.0.0.30"],
                      ("nullmx.test", "MX"): ["0 ."],
                      ("deadmx.test", "MX"): ["10 mx.deadmx.test."], ("mx.deadmx.test", "A"): ["127.0.0.50"]}).start()
-    conftest.DNS_PORT = dns.port  # deployments here resolve through this module's own zone server
     dead_port = free_port("127.0.0.31")
     routes = {d: r.route for d, r in peers.items()}
     routes.update({"nolisten.test": f"127.0.0.31:{free_port('127.0.0.31')}", "later.test": f"127.0.0.31:{dead_port}"})
