@@ -27,11 +27,12 @@ run: $(VENV)/.installed
 
 system-deps:
 	@for t in $(SYSTEM_TOOLS); do [ -x $$t ] || missing=1; done; \
+	perl -MNet::SSLeay -e 1 2>/dev/null || missing=1; \
 	if [ -n "$$missing" ]; then \
-		echo "installing swaks, postfix and nsd (Debian packages) for the SMTP and DNS tests"; \
+		echo "installing swaks (with TLS), postfix and nsd (Debian packages) for the SMTP and DNS tests"; \
 		echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends swaks postfix nsd >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends swaks libnet-ssleay-perl postfix nsd >/dev/null; \
 	fi
 
 test: $(VENV)/.installed-dev system-deps
