@@ -15,8 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ray.exceptions import RayError
-
+from gateway.batching import CallBatcher
 from raymail import codec
 from raymail.errors import Unavailable
 from raymail.outbound.records import OutboundMessage
@@ -27,48 +26,6 @@ log = logging.getLogger(__name__)
 SYNC_EVERY_S = 0.2
 
 
-class _Batcher:
-    def __init__(self, call: Any, max_items: int, max_inflight: int, timeout_s: float) -> None:
-        self.call = call  # async (list of items) -> list of results, one per item
-        self.max_items, self.max_inflight, self.timeout_s = max_items, max_inflight, timeout_s
-        self.pending: list[tuple[Any, asyncio.Future]] = []
-        self.inflight = 0
-
-    async def submit(self, item: Any) -> Any:
-        fut = asyncio.get_running_loop().create_future()
-        self.pending.append((item, fut))
-        self._kick()
-        return await fut
-
-    def _kick(self) -> None:
-        while self.pending and self.inflight < self.max_inflight:
-            batch, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
-            self.inflight += 1
-            asyncio.ensure_future(self._run(batch))
-
-    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        try:
-            results = await asyncio.wait_for(self.call([i for i, _ in batch]), self.timeout_s)
-        except (TimeoutError, RayError) as exc:
-            log.warning("outbound spool call failed: %r", exc)
-            err = Unavailable("the outbound queue did not confirm in time; retry the request")
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(err)
-        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            raise
-        else:
-            for (_, fut), res in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(res)
-        finally:
-            self.inflight -= 1
-            self._kick()
-
-
 class OutboundClient:
     def __init__(self, spool_name: str, namespace: str, gateway: str, suppression_mode: str, *, max_items: int,
                  max_inflight: int, timeout_s: float) -> None:
@@ -76,8 +33,10 @@ class OutboundClient:
         self.mode = suppression_mode
         self.timeout_s = timeout_s
         self._handle: Any = None
-        self._checks = _Batcher(self._check_call, max_items, max_inflight, timeout_s)
-        self._enqueues = _Batcher(self._enqueue_call, max_items, max_inflight, timeout_s)
+        batching = {"max_items": max_items, "max_inflight": max_inflight, "timeout_s": timeout_s,
+                    "unavailable": "the outbound queue did not confirm in time; retry the request"}
+        self._checks = CallBatcher(self._check_call, **batching)
+        self._enqueues = CallBatcher(self._enqueue_call, **batching)
         self._epoch, self._version = "", -1
         self._suppressed: dict[tuple[str, str], str] = {}
         self._sync: asyncio.Task | None = None

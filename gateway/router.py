@@ -16,6 +16,7 @@ from typing import Any
 
 from ray.exceptions import RayActorError, RayError
 
+from gateway.batching import CallBatcher
 from raymail import codec
 from raymail.errors import Unavailable
 from raymail.model import Op, OpResult
@@ -24,61 +25,19 @@ from raymail.sharding import shard_of
 log = logging.getLogger(__name__)
 
 
-class _ShardQueue:
-    def __init__(self, handle: Any, max_ops: int, max_inflight: int, timeout_s: float) -> None:
-        self.handle = handle
-        self.max_ops = max_ops
-        self.max_inflight = max_inflight
-        self.timeout_s = timeout_s
-        self.pending: list[tuple[Op, asyncio.Future]] = []
-        self.inflight = 0
-        self.calls = 0
-        self.ops = 0
+def _shard_queue(handle: Any, max_ops: int, max_inflight: int, timeout_s: float) -> CallBatcher:
+    async def call(ops: list[Op]) -> list[OpResult]:
+        return codec.decode(await handle.apply_batch.remote(codec.encode(ops)))
 
-    def submit(self, ops: list[Op]) -> list[asyncio.Future]:
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future() for _ in ops]
-        self.pending.extend(zip(ops, futs, strict=True))
-        self._kick()
-        return futs
-
-    def _kick(self) -> None:
-        while self.pending and self.inflight < self.max_inflight:
-            batch, self.pending = self.pending[: self.max_ops], self.pending[self.max_ops :]
-            self.inflight += 1
-            asyncio.ensure_future(self._run(batch))
-
-    async def _run(self, batch: list[tuple[Op, asyncio.Future]]) -> None:
-        self.calls += 1
-        self.ops += len(batch)
-        try:
-            ref = self.handle.apply_batch.remote(codec.encode([op for op, _ in batch]))
-            results = codec.decode(await asyncio.wait_for(ref, self.timeout_s))
-        except (TimeoutError, RayError) as exc:
-            log.warning("mailbox shard call failed: %r", exc)
-            err = Unavailable("the mailbox service did not confirm the write in time; retry the request")
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(err)
-        except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            raise
-        else:
-            for (_, fut), res in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(res)
-        finally:
-            self.inflight -= 1
-            self._kick()
+    return CallBatcher(call, max_items=max_ops, max_inflight=max_inflight, timeout_s=timeout_s,
+                       unavailable="the mailbox service did not confirm the write in time; retry the request")
 
 
 class ShardRouter:
     def __init__(self, handles: list[Any], *, max_ops: int, max_inflight: int, timeout_s: float) -> None:
         self.handles = handles
         self.timeout_s = timeout_s
-        self._queues = [_ShardQueue(h, max_ops, max_inflight, timeout_s) for h in handles]
+        self._queues = [_shard_queue(h, max_ops, max_inflight, timeout_s) for h in handles]
 
     def shard_index(self, uid: str) -> int:
         return shard_of(uid, len(self.handles))
@@ -90,7 +49,7 @@ class ShardRouter:
             by_shard[self.shard_index(op.uid)].append(i)
         futs: list[asyncio.Future | None] = [None] * len(ops)
         for shard, idxs in by_shard.items():
-            for i, fut in zip(idxs, self._queues[shard].submit([ops[i] for i in idxs]), strict=True):
+            for i, fut in zip(idxs, self._queues[shard].submit_many([ops[i] for i in idxs]), strict=True):
                 futs[i] = fut
         return list(await asyncio.gather(*futs))  # type: ignore[arg-type]
 
@@ -103,4 +62,4 @@ class ShardRouter:
             raise Unavailable("the mailbox service did not answer in time; retry the request") from exc
 
     def stats(self) -> dict:
-        return {"calls": sum(q.calls for q in self._queues), "ops": sum(q.ops for q in self._queues)}
+        return {"calls": sum(q.calls for q in self._queues), "ops": sum(q.items for q in self._queues)}
