@@ -12,11 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -127,45 +122,3 @@ async def wait_for(pred, timeout: float = 20.0, every: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(every)
-
-
-class DnsServer:
-    """An authoritative UDP DNS server for test zones: ``records`` maps (name, type)
-    to rdata texts; any other name is NXDOMAIN."""
-
-    def __init__(self, records: dict[tuple[str, str], list[str]], host: str = "127.0.0.1") -> None:
-        self.records = {(n.lower().rstrip("."), t): v for (n, t), v in records.items()}
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def start(self) -> DnsServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(2)
-        self.sock.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(4096)
-            except (TimeoutError, OSError):
-                continue
-            query = dns.message.from_wire(data)
-            reply = dns.message.make_response(query)
-            reply.flags |= dns.flags.AA
-            q = query.question[0]
-            name = q.name.to_text(omit_final_dot=True).lower()
-            rtype = dns.rdatatype.to_text(q.rdtype)
-            values = self.records.get((name, rtype))
-            if values:
-                reply.answer.append(dns.rrset.from_text_list(q.name, 60, "IN", rtype, values))
-            elif not any(n == name for n, _ in self.records):
-                reply.set_rcode(dns.rcode.NXDOMAIN)
-            self.sock.sendto(reply.to_wire(), addr)

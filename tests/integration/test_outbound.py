@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import ray
 from conftest import start_app, storage_of
+from dnsserver import NsdServer
 from helpers import recv_until
-from peers import DnsServer, Receiver, free_port, wait_for
+from peers import Receiver, free_port, wait_for
 
 from actors.sender import sender_name
 from actors.spool import SPOOL_NAME
@@ -43,6 +44,24 @@ RECEIVERS = {
     "slow.test": {"delay_s": 0.2},
 }
 
+# Destinations reached through DNS (port 25 on the address of their MX); any other
+# name under test. does not exist.
+DESTINATIONS_ZONE = """$ORIGIN test.
+$TTL 60
+@\tIN\tSOA\tns.test. hostmaster.test. 1 3600 600 86400 60
+@\tIN\tNS\tns.test.
+ns\tIN\tA\t127.0.0.1
+mx\tIN\tMX\t10 mx1.mx.test.
+mx1.mx\tIN\tA\t127.0.0.30
+nullmx\tIN\tMX\t0 .
+deadmx\tIN\tMX\t10 mx.deadmx.test.
+mx.deadmx\tIN\tA\t127.0.0.50
+fallback\tIN\tMX\t10 mx1.fallback.test.
+fallback\tIN\tMX\t20 mx2.fallback.test.
+mx1.fallback\tIN\tA\t127.0.0.51
+mx2.fallback\tIN\tA\t127.0.0.30
+"""
+
 
 @pytest.fixture(scope="module")
 def world(ray_cluster, tmp_path_factory):
@@ -51,9 +70,7 @@ def world(ray_cluster, tmp_path_factory):
     RECEIVERS["tls.test"]["tls_context"] = server_context(cert, key)
     peers = {d: Receiver(f"127.0.0.{10 + i}", **kw).start() for i, (d, kw) in enumerate(RECEIVERS.items())}
     mx = Receiver("127.0.0.30", port=25).start()  # reached through DNS: MX records, port 25
-    dns = DnsServer({("mx.test", "MX"): ["10 mx1.mx.test."], ("mx1.mx.test", "A"): ["127.0.0.30"],
-                     ("nullmx.test", "MX"): ["0 ."],
-                     ("deadmx.test", "MX"): ["10 mx.deadmx.test."], ("mx.deadmx.test", "A"): ["127.0.0.50"]}).start()
+    dns = NsdServer({"test": DESTINATIONS_ZONE})  # a real authoritative server for the MX lookups
     dead_port = free_port("127.0.0.31")
     routes = {d: r.route for d, r in peers.items()}
     routes.update({"nolisten.test": f"127.0.0.31:{free_port('127.0.0.31')}", "later.test": f"127.0.0.31:{dead_port}"})
@@ -152,6 +169,15 @@ async def test_mx_lookup_routes_through_dns(world):
     mid = r.json()["message_id"]
     got = await wait_for(lambda: [m for m in mx.received if m.message_id == mid])
     assert got[0].peer_ip in ("127.0.0.2", "127.0.0.3")
+
+
+async def test_a_second_mx_takes_the_mail_when_the_first_does_not_answer(world):
+    app, _, mx, _ = world
+    alice = app.user()
+    r = await send(app, alice, ["x@fallback.test"])  # MX 10 has no listener, MX 20 is up
+    mid = r.json()["message_id"]
+    got = await wait_for(lambda: [m for m in mx.received if m.message_id == mid])
+    assert len(got) == 1 and got[0].rcpts == ["x@fallback.test"]
 
 
 async def dsn_of(app, user, timeout=20.0):
