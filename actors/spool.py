@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 SPOOL_NAME = "outbound-spool"
 _TICK_S = 0.05
 _SCAN_EVERY_S = 0.5
-_SNAPSHOT_EVERY_BYTES = 16 * 1024 * 1024
 _DSN_TRIES = 12
 _SUPPRESSION_CHANGES_KEPT = 10_000
 _GATEWAY_SYNC_WAIT_S = 2.0
@@ -194,7 +193,7 @@ class OutboundSpool:
             # Memory holds what the disk may not: restart from the log; calls are re-sent.
             log.critical("outbound spool cannot write its log; restarting")
             os._exit(70)
-        if self.log.bytes_since_snapshot > _SNAPSHOT_EVERY_BYTES and not self._snapshotting:
+        if self.log.bytes_since_snapshot > self.ob.snapshot_every_bytes and not self._snapshotting:
             asyncio.ensure_future(self._snapshot())
 
     async def _snapshot(self) -> None:

@@ -140,6 +140,7 @@ class OutboundConfig:
     max_connections: int = 64  # per sender actor
     messages_per_connection: int = 100
     smtp_timeout_s: float = 60.0
+    snapshot_every_bytes: int = 16 * 1024 * 1024  # the spool's log is compacted into a snapshot past this
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,7 @@ def _outbound(raw: dict) -> OutboundConfig:
 
 
 _OUTBOUND_SCALARS = ("default_category", "suppression", "lease_s", "batch_size", "per_domain_connections",
-                     "max_connections", "messages_per_connection", "smtp_timeout_s")
+                     "max_connections", "messages_per_connection", "smtp_timeout_s", "snapshot_every_bytes")
 
 
 def from_dict(raw: dict) -> Config:
@@ -392,7 +393,7 @@ def validate(cfg: Config) -> None:
     if ob.suppression not in SUPPRESSION_SCOPES:
         raise ConfigError(f"[outbound] suppression must be 'sender' or 'global', got {ob.suppression!r}")
     for key in ("lease_s", "batch_size", "per_domain_connections", "max_connections", "messages_per_connection",
-                "smtp_timeout_s"):
+                "smtp_timeout_s", "snapshot_every_bytes"):
         _positive("outbound", key, getattr(ob, key))
     if any(b < 0 for b in ob.retry_backoff_s) or not ob.retry_backoff_s:
         raise ConfigError("[outbound.retry] backoff_s must be a non-empty list of seconds >= 0")

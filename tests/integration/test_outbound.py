@@ -574,3 +574,42 @@ async def test_a_lost_queue_is_replaced_and_its_work_queued_again(world):
     ray.kill(ray.get_actor(queue_name("tx"), namespace=app.config.cluster.namespace), no_restart=True)
     mid = (await send(app, alice, ["after-queue-loss@ok.test"])).json()["message_id"]
     await wait_for(lambda: mid in peers["ok.test"].ids(), timeout=30)
+
+
+async def test_spool_restart_from_a_snapshot(ray_cluster, tmp_path):
+    """With a tiny snapshot threshold the spool compacts its log while it works; a
+    restart then loads the snapshot and replays the rest: unfinished mail goes out,
+    finished mail is not sent again, and the suppression list survives."""
+    good = Receiver("127.0.0.41", refuse={"gone@snap.test": "550 5.1.1 no such user"}).start()
+    dead = f"127.0.0.42:{free_port('127.0.0.42')}"
+    app = start_app(tmp_path, outbound={
+        "pools": [{"name": "tx", "ips": ["127.0.0.9"], "categories": ["transactional"]}],
+        "routes": {"snap.test": good.route, "later.test": dead}, "snapshot_every_bytes": 2048,
+        "retry": {"backoff_s": [1], "max_age_s": 3600}, "lease_s": 3.0,
+        "warmup": {"warmed_ips": ["127.0.0.9"]},
+    })
+    try:
+        alice = app.user()
+        delivered = [(await send(app, alice, [f"d{i}@snap.test"])).json()["message_id"] for i in range(8)]
+        await wait_for(lambda: set(delivered) <= set(good.ids()), timeout=30)
+        assert (await send(app, alice, ["gone@snap.test"])).status_code == 201  # 5xx: suppressed
+        waiting = [(await send(app, alice, [f"w{i}@later.test"])).json()["message_id"] for i in range(4)]
+        sp = spool(app)
+        await wait_for(lambda: ray.get(sp.summary.remote())["pools"].get("tx", {}).get("later.test"), timeout=15)
+        await asyncio.sleep(0.5)  # the snapshot runs beside the work
+        assert ray.get(sp.stats.remote())["recovered"]["records"] == 0  # a fresh spool, so far
+        pid = ray.get(sp.stats.remote())["pid"]
+        ray.kill(sp, no_restart=False)
+        stats = await wait_for(lambda: _stats_after_restart(app, pid), timeout=60)
+        assert stats["recovered"]["snapshot"] is True
+        assert stats["recovered"]["pending"] >= len(waiting)  # the deferred mail is still owed
+        received_before = len(good.received)
+        good_route_back = await send(app, alice, ["again@snap.test"])  # a new spool takes new work too
+        mid = good_route_back.json()["message_id"]
+        await wait_for(lambda: mid in good.ids(), timeout=30)
+        assert len(good.received) == received_before + 1  # nothing finished went out twice
+        r = await send(app, alice, ["gone@snap.test"])
+        assert r.status_code == 422 and r.json()["error"]["code"] == "suppressed_recipient"
+    finally:
+        app.deployment.stop()
+        good.stop()

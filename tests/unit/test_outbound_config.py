@@ -23,6 +23,7 @@ def test_outbound_keys_are_read():
 @pytest.mark.parametrize("outbound, message", [
     ({"suppression": "everyone"}, "[outbound] suppression must be 'sender' or 'global'"),
     ({"lease_s": 0}, "[outbound] lease_s must be positive"),
+    ({"snapshot_every_bytes": -1}, "[outbound] snapshot_every_bytes must be positive"),
     ({"batch_size": "10"}, "[outbound] batch_size must be an integer"),
     ({"sender_categories": {"a@b.test": 1}}, "[outbound.sender_categories] must be a table"),
     ({"warmup": {"warmed_ips": ["nope"]}}, "[outbound.warmup] warmed_ips: 'nope' is not an IP address"),
