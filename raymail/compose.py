@@ -14,7 +14,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.parser import BytesParser
 from email.policy import Compat32
-from email.utils import formataddr, formatdate, make_msgid
+from email.utils import formataddr, formatdate, getaddresses, make_msgid
 
 from raymail import skeleton
 from raymail.model import Address, AttachmentRef
@@ -193,7 +193,8 @@ def parse(raw: bytes) -> Parsed:
     msg = BytesParser(policy=policy.default).parsebytes(raw)
     # raw_items() skips the structured-header parsers, which raise on some broken
     # values (``Message-ID: <``); each value is decoded on its own, safely.
-    headers = [(k, _header_value(v)) for k, v in msg.raw_items()]
+    headers = [(k, _address_header(v) if k.lower() in ADDRESS_HEADERS else _header_value(v))
+               for k, v in msg.raw_items()]
     subject = next((v for k, v in headers if k.lower() == "subject"), "")
     text, html, attachments = "", None, []
     try:
@@ -210,6 +211,41 @@ def parse(raw: bytes) -> Parsed:
         if not text:
             text = raw.decode("utf-8", errors="replace")
     return Parsed(subject=subject, text=text, html=html, headers=headers, attachments=attachments)
+
+
+ADDRESS_HEADERS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc"})
+
+
+def _address_header(value: str) -> str:
+    """An address header for display: the addresses exactly as sent, only their
+    display names decoded. RFC 2047 allows encoded-words in names, never in an
+    address, so ``=?utf-8?q?ceo=40bank.test?=`` must not show as ceo@bank.test
+    (sender authentication judges the address as sent, too)."""
+    text = _header_value_raw(value)
+    try:
+        pairs = getaddresses([text])
+    except Exception:  # noqa: BLE001 - unreadable: shown as received
+        return text
+    if not any(addr for _, addr in pairs):
+        return text
+    return ", ".join(_quoted(_header_value(name), addr) if name else addr for name, addr in pairs if addr)
+
+
+def _quoted(name: str, addr: str) -> str:
+    if not any(c in _SPECIALS for c in name):
+        return f"{name} <{addr}>"
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}" <{addr}>'
+
+
+_SPECIALS = frozenset('()<>[]:;@\\,."')
+
+
+def _header_value_raw(value: str) -> str:
+    text = str(value)
+    if not text.isascii():
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text.replace("\r\n", "").replace("\n", "")
 
 
 def _header_value(value: str) -> str:

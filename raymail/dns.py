@@ -84,8 +84,8 @@ class Resolver:
             raise DnsTempError(f"DNS lookup of {name} {rdtype} failed: no server answered ({exc})") from None
         except (dns.exception.Timeout, dns.resolver.LifetimeTimeout):
             raise DnsTempError(f"DNS lookup of {name} {rdtype} timed out") from None
-        except dns.name.EmptyLabel:
-            return ()
+        except (dns.exception.SyntaxError, dns.name.NameTooLong):
+            return ()  # not a name that can exist (a 70-character label, say): no answer, not a DNS failure
         except dns.exception.DNSException as exc:
             raise DnsTempError(f"DNS lookup of {name} {rdtype} failed: {exc}") from None
         self._cache[key] = _Cached(now + max(self._min_ttl, min(self._max_ttl, ttl)), records)

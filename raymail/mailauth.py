@@ -11,10 +11,12 @@ Deliberate simplifications, each the conservative choice:
   "SHOULD NOT" use it); ``%{p}`` expands to ``unknown``; ``exp=`` is ignored.
 - ``mx`` asks ``Resolver.mx``, which applies the implicit-MX rule of RFC 5321:
   a domain without MX records is its own exchanger (RFC 7208 5.4 would not).
-- The organizational domain (DMARC alignment and policy fallback) comes from a
-  built-in heuristic, not the Public Suffix List (not available offline): the
-  last two labels, or three when the last two are a well-known second-level
-  suffix such as ``co.uk``.
+- The organizational domain (DMARC alignment and policy fallback) is the
+  registrable domain by the Public Suffix List (the ``publicsuffixlist``
+  package, which ships the list: no network at run time).
+- A result that could not be had (``temperror``) only counts for DMARC when the
+  identifier would align with the From domain: a sender cannot turn a failing
+  DMARC into ``temperror`` with an SPF include or a DKIM selector that times out.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Protocol
 
 import dkim
 import dkim.util
+from publicsuffixlist import PublicSuffixList
 
 from raymail.config import MailAuthConfig
 from raymail.dns import DnsTempError, NullMx
@@ -403,18 +406,14 @@ async def check_dkim(dns: Lookups, raw: bytes, max_signatures: int = 5) -> list[
 
 # ---------------------------------------------------------------- DMARC
 
-_SECOND_LEVEL = frozenset({
-    "co.uk", "org.uk", "ac.uk", "gov.uk", "me.uk", "net.uk", "com.au", "net.au", "org.au", "edu.au", "gov.au",
-    "co.nz", "org.nz", "co.jp", "ne.jp", "or.jp", "ac.jp", "com.br", "net.br", "org.br", "co.in", "org.in",
-    "co.za", "org.za", "com.cn", "net.cn", "org.cn", "com.mx", "com.tr", "co.kr", "com.sg", "com.hk", "co.il",
-})
+_PSL = PublicSuffixList()
 
 
 def organizational_domain(domain: str) -> str:
-    """The registrable part of ``domain`` by the built-in heuristic (module docstring)."""
-    labels = domain.lower().rstrip(".").split(".")
-    keep = 3 if ".".join(labels[-2:]) in _SECOND_LEVEL else 2
-    return ".".join(labels[-keep:])
+    """The registrable part of ``domain`` (RFC 7489 3.2, by the Public Suffix List);
+    a public suffix itself, or a name the list cannot place, is its own."""
+    domain = domain.lower().rstrip(".")
+    return _PSL.privatesuffix(domain) or domain
 
 
 def aligned(a: str, b: str, mode: str) -> bool:
@@ -533,8 +532,11 @@ async def _dmarc_one(dns: Lookups, domain: str, spf: SpfResult, dkims: list[Dkim
     if spf_ok or dkim_ok:
         return DmarcResult("pass", domain, published, published,
                            "aligned " + ("SPF" if spf_ok else "DKIM"))
-    if spf.result == "temperror" or any(d.result == "temperror" for d in dkims):
-        return DmarcResult("temperror", domain, published, published, "SPF or DKIM could not be checked")
+    # Only an identifier that would align could still have passed: a lookup failure
+    # elsewhere (the sender's own SPF include, a DKIM key of another domain) changes nothing.
+    if (spf.result == "temperror" and aligned(spf.domain, domain, record.aspf)) or any(
+            d.result == "temperror" and aligned(d.domain, domain, record.adkim) for d in dkims):
+        return DmarcResult("temperror", domain, published, published, "an aligned SPF or DKIM check could not be done")
     policy = published
     if record.pct < 100 and sample() * 100 >= record.pct:  # outside the sample: one step milder
         policy = {"reject": "quarantine", "quarantine": "none"}.get(policy, policy)
@@ -657,6 +659,10 @@ def decide(res: AuthResults, cfg: MailAuthConfig) -> Decision:
         # the policy could not be read, or it could act on the message: let the sender retry
         return Decision(reply=f"451 4.4.3 Could not check the sender authentication of {dm.from_domain or 'the message'}"
                               " (DNS); please retry")
+    if dm.result == "temperror" and dm.published in ("reject", "quarantine"):
+        return Decision(folder="junk")  # accepted (never refused for DNS trouble), but not trusted
+    if dm.result == "permerror" and not dm.from_domain:
+        return Decision(folder="junk")  # no single readable From domain: nothing DMARC could protect
     if dm.result == "none" and res.spf.result == "fail":
         return act(cfg.spf_fail_action,
                    f"550 5.7.23 SPF check failed: {res.spf.domain} does not allow this server to send its mail")

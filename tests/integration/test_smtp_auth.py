@@ -201,3 +201,28 @@ async def test_unreachable_dns_is_temperror_never_a_refusal(ray_cluster, tmp_pat
         assert "spf=temperror smtp.mailfrom=ann@reject.test" in auth_header(raw)
     finally:
         dead.deployment.stop()
+
+
+async def test_a_bogus_dkim_selector_does_not_turn_a_dmarc_reject_into_temperror(app):
+    """reject.test publishes p=reject; a signature claiming d=reject.test with a
+    selector that is not even a DNS name must not buy a temperror (and the inbox)."""
+    bob = app.user()
+    data = message("reject.test", bob["email"], "forged with a bogus selector")
+    forged = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=reject.test; s=" + b"x" * 70
+              + b"; h=from:subject; bh=AAAA; b=AAAA\r\n" + data)
+    code, reply = deliver(app, "ceo@attacker.test", bob["email"], forged)
+    assert code == 550 and b"DMARC" in reply, reply
+    async with app.client(bob["token"]) as c:
+        assert (await c.get("/v1/emails")).json()["total"] == 0
+
+
+async def test_a_from_that_dmarc_cannot_read_is_junk_and_shown_as_sent(app):
+    """An encoded-word is never an address (RFC 2047): the From below has no
+    domain, so DMARC cannot protect anyone with it; it goes to Junk and shows as sent."""
+    bob = app.user()
+    data = (f"From: =?utf-8?q?ceo=40reject.test?=\r\nTo: {bob['email']}\r\nSubject: who am I\r\n\r\nhi\r\n").encode()
+    code, _ = deliver(app, "x@attacker.test", bob["email"], data)
+    assert code == 250
+    summary, _ = await only_email(app, bob, folder="junk")
+    assert summary["auth"]["dmarc"] == "permerror"
+    assert summary["from"]["email"] != "ceo@reject.test"

@@ -69,3 +69,9 @@ async def test_a_server_that_does_not_answer_is_a_temporary_failure():
         r = Resolver(("127.0.0.1",), silent.getsockname()[1], timeout_s=0.5)
         with pytest.raises(DnsTempError):
             await r.txt("resolve.test")
+
+
+async def test_a_name_that_cannot_exist_is_no_answer_not_a_failure(resolver):
+    # A DKIM selector of 70 characters is not a DNS name: nothing to find, nothing to retry.
+    assert await resolver.txt("s" * 70 + "._domainkey.resolve.test") == []
+    assert await resolver.txt("a..b.resolve.test") == []

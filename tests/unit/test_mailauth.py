@@ -250,6 +250,17 @@ DMARC_CASES = [
     ("record temperror", {"_dmarc.s.test": TEMP}, from_("s.test"), spf("fail"), [], 0.0, ("temperror", "")),
     ("spf temperror", {"_dmarc.s.test": ["v=DMARC1; p=reject"]}, from_("s.test"), spf("temperror"), [], 0.0,
      ("temperror", "reject")),
+    # A lookup failure of an identifier that could not align changes nothing: the
+    # sender cannot buy a temperror with its own slow SPF include or a bogus selector.
+    ("unaligned spf temperror", {"_dmarc.s.test": ["v=DMARC1; p=reject"]}, from_("s.test"),
+     spf("temperror", "attacker.test"), [], 0.0, ("fail", "reject")),
+    ("unaligned dkim temperror", {"_dmarc.s.test": ["v=DMARC1; p=reject"]}, from_("s.test"), spf("none", "x.test"),
+     [dk("temperror", "attacker.test")], 0.0, ("fail", "reject")),
+    ("aligned dkim temperror", {"_dmarc.s.test": ["v=DMARC1; p=reject"]}, from_("s.test"), spf("none", "x.test"),
+     [dk("temperror", "s.test")], 0.0, ("temperror", "reject")),
+    ("registrable domains under a public suffix do not align",
+     {"_dmarc.bank.com.tw": ["v=DMARC1; p=reject"]}, from_("bank.com.tw"), spf("none", "x.test"),
+     [dk("pass", "attacker.com.tw")], 0.0, ("fail", "reject")),
     ("no From", {"_dmarc.s.test": ["v=DMARC1; p=reject"]}, b"Subject: x\r\n\r\nbody\r\n", spf("pass"), [], 0.0,
      ("permerror", "")),
     ("second From cannot hide a spoof", {"_dmarc.s.test": ["v=DMARC1; p=reject"]},
@@ -273,7 +284,8 @@ async def test_dmarc(name, txt, raw, spf_res, dkims, sample, expected):
 @pytest.mark.parametrize(
     "domain, org",
     [("s.test", "s.test"), ("a.b.s.test", "s.test"), ("mail.s.co.uk", "s.co.uk"), ("S.TEST.", "s.test"),
-     ("localhost", "localhost")],
+     ("localhost", "localhost"), ("mail.bank.com.tw", "bank.com.tw"), ("x.ltd.uk", "x.ltd.uk"),
+     ("com.tw", "com.tw")],
 )
 def test_organizational_domain(domain, org):
     assert mailauth.organizational_domain(domain) == org
@@ -338,7 +350,11 @@ def verdict(spf_result: str, dmarc_result: str, policy: str = "") -> AuthResults
         (verdict("fail", "none"), {"spf_fail_action": "junk"}, ("junk", "")),
         (verdict("fail", "none"), {"spf_fail_action": "reject"}, ("inbox", "550 5.7.23")),
         (verdict("softfail", "none"), {"spf_fail_action": "reject"}, ("inbox", "")),
-        (verdict("temperror", "temperror", "reject"), {}, ("inbox", "")),
+        (verdict("temperror", "temperror", "reject"), {}, ("junk", "")),  # accepted, not trusted
+        (verdict("temperror", "temperror", "quarantine"), {}, ("junk", "")),
+        (verdict("temperror", "temperror", ""), {}, ("inbox", "")),
+        (AuthResults(spf("pass"), [], DmarcResult("permerror")), {}, ("junk", "")),  # no usable From domain
+        (verdict("pass", "permerror"), {}, ("inbox", "")),  # the domain's record is broken: as if none
         (verdict("temperror", "temperror", "reject"), {"dns_error_action": "tempfail"}, ("inbox", "451 4.4.3")),
         (verdict("temperror", "temperror", ""), {"dns_error_action": "tempfail"}, ("inbox", "451 4.4.3")),
         (verdict("temperror", "temperror", "none"), {"dns_error_action": "tempfail"}, ("inbox", "")),
