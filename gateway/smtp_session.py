@@ -35,8 +35,10 @@ from raymail.smtp_admission import (
 log = logging.getLogger(__name__)
 
 READ_LIMIT_BYTES = 64 * 1024  # stream buffer per connection (aiosmtpd's is one line: 1,001 bytes)
-# <local@domain> with only atom characters and dots (RFC 5321 Dot-string): nothing to unquote.
-_SIMPLE_PATH = re.compile(r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>(.*)\Z", re.DOTALL)
+# <local@domain> with only atom characters and dots, a domain of non-empty labels and nothing
+# glued to the '>': nothing to unquote. Anything else takes aiosmtpd's full parser.
+_SIMPLE_PATH = re.compile(
+    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(\s.*)?\Z", re.DOTALL)
 _TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 _TOO_MUCH = "552 Error: Too much mail data"
 
@@ -115,7 +117,7 @@ class GuardedSMTP(SMTP):
             addr = simple.group(1)
             if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
                 return None, None
-            return addr, simple.group(2).lstrip()
+            return addr, (simple.group(2) or "").lstrip()
         try:
             if arg.lstrip().startswith("<"):
                 address, rest = get_angle_addr(arg)

@@ -142,3 +142,28 @@ async def test_commands_pipelined_after_starttls_are_refused(guarded, listener):
         c.close()
 
     await asyncio.to_thread(run)
+
+
+PATHS = [
+    (b"<ann@elsewhere.test>", b"250"), (b"<ann@elsewhere.test> SIZE=100", b"250"), (b"<>", b"250"),
+    (b"<ann@elsewhere.>", b"553"), (b"<ann@.elsewhere.test>", b"553"), (b"<ann@else..where.test>", b"553"),
+    (b"<ann@elsewhere.test>(comment)", b"250"), (b'<"ann smith"@elsewhere.test>', b"250"),
+]
+
+
+async def test_mail_from_paths(guarded):
+    """The plain-path shortcut answers as aiosmtpd's full parser does."""
+    def run() -> list[bytes]:
+        c = Client(guarded.deployment.smtp_port, "127.0.0.61")
+        try:
+            assert c.reply().startswith(b"220")
+            assert c.cmd(b"EHLO client.test\r\n").startswith(b"250")
+            got = []
+            for path, _ in PATHS:
+                got.append(c.cmd(b"MAIL FROM:" + path + b"\r\n")[:3])
+                assert c.cmd(b"RSET\r\n").startswith(b"250")
+            return got
+        finally:
+            c.close()
+
+    assert await asyncio.to_thread(run) == [code for _, code in PATHS]
