@@ -90,3 +90,21 @@ def test_suppression_scope():
     assert suppression.scope_for("global", "u1") == suppression.GLOBAL
     assert suppression.key("u1", " Bob@X.test ") == ("u1", "bob@x.test")
     assert "bob@x.test" in suppression.refusal(["bob@x.test"])
+
+
+@pytest.mark.parametrize("code, text, expected", [
+    (550, "5.1.1 <x@d.test>: Recipient address rejected: User unknown", True),
+    (550, "5.1.10 null MX", True),
+    (550, "5.1.2 no such domain", True),
+    (550, "5.2.1 mailbox disabled", True),
+    (550, "no such user here", True),  # no enhanced status: 550 is "mailbox unavailable"
+    (553, "mailbox name not allowed", True),
+    (554, "5.7.1 Message rejected as spam", False),
+    (550, "5.7.26 unauthenticated mail is prohibited", False),
+    (552, "5.2.2 mailbox full", False),
+    (552, "5.3.4 message too big", False),
+    (554, "transaction failed", False),
+    (451, "4.1.1 try later", False),
+])
+def test_only_a_bad_address_is_suppressed(code, text, expected):
+    assert suppression.suppresses(code, text) is expected
