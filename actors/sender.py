@@ -18,6 +18,7 @@ from raymail.config import Config
 from raymail.dns import DnsTempError, NullMx, Resolver
 from raymail.errors import StorageError
 from raymail.outbound import retry
+from raymail.outbound.dispatch import Held, Key
 from raymail.outbound.records import OutboundMessage
 from raymail.store.blobs import BlobMissing, BlobStore
 
@@ -92,9 +93,15 @@ class SenderActor:
 
     Guarantees:
     - It sends only what the spool leased to it, never more than the IP's warm-up
-      quota; it reports every outcome and waits for the spool to have it on disk
-      before the same connection sends again, so a sender killed at any moment
-      leaves at most one message per open connection delivered but unreported.
+      quota. It renews the leases of everything it holds (one call every
+      ``lease_s`` / 3), so work waiting for a connection or on a slow destination
+      stays its own however long it waits; just before a message goes out it
+      checks that its leases are still its own (asking the spool when renewals
+      have been failing) and drops the recipients it lost to another IP.
+    - It reports every outcome and waits for the spool to have it on disk before
+      the same connection sends again, so a sender killed at any moment leaves at
+      most one message per open connection delivered but unreported; a dead
+      sender renews nothing, so its leases expire after ``lease_s``.
     - At most ``per_domain_connections`` connections to a destination domain and
       ``max_connections`` in all; one connection carries up to
       ``messages_per_connection`` messages, across batches: an idle connection is
@@ -115,6 +122,7 @@ class SenderActor:
         self.blobs = BlobStore(config.storage_url, config.storage.options)
         self.resolver = Resolver.from_config(config.dns)
         self.reporter = _Reporter(self.spool, ip)
+        self.held = Held(self.ob.lease_s)  # claimed, neither reported nor given up
         self.conns = asyncio.Semaphore(self.ob.max_connections)
         self.per_domain: dict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(self.ob.per_domain_connections))
@@ -126,6 +134,7 @@ class SenderActor:
         loop = asyncio.get_event_loop()
         self._task = loop.create_task(self._run())
         self._reaper = loop.create_task(self._reap())
+        self._renewer = loop.create_task(self._renew_loop())
 
     # -- the work loop ------------------------------------------------------------
     async def _run(self) -> None:
@@ -150,13 +159,15 @@ class SenderActor:
                 try:
                     jobs = [_Job(m, tuple(r)) for m, r in codec.decode(entry)]
                     keys = [(j.msg.id, r) for j in jobs for r in j.rcpts]
+                    asked_at = time.monotonic()
                     granted, left = await self.spool.claim.remote(self.ip, keys)
                 except BaseException:
                     self.inflight.release()  # unclaimed: the spool puts the entry back after lease_s
                     raise
                 ok = set(map(tuple, granted))
+                claim = self.held.add(list(ok), asked_at)
                 jobs = [_Job(j.msg, g) for j in jobs if (g := tuple(r for r in j.rcpts if (j.msg.id, r) in ok))]
-                task = asyncio.ensure_future(self._deliver_entry(jobs))
+                task = asyncio.ensure_future(self._deliver_entry(jobs, claim))
                 task.add_done_callback(self._entry_done)
             except asyncio.CancelledError:
                 raise
@@ -185,19 +196,68 @@ class SenderActor:
             # Unreported work goes back when its lease expires.
             log.error("sender %s: a batch failed: %r", self.ip, task.exception())
 
-    async def _deliver_entry(self, jobs: list[_Job]) -> None:
+    async def _deliver_entry(self, jobs: list[_Job], claim: int) -> None:
         by_domain: dict[str, dict[str, _Job]] = defaultdict(dict)
         for job in jobs:
             for rcpt in job.rcpts:  # recipients of one message at one domain share a transaction
                 j = by_domain[rcpt.rpartition("@")[2].lower()].setdefault(job.msg.id, _Job(job.msg, ()))
                 j.rcpts += (rcpt,)
-        await asyncio.gather(*(self._deliver_domain(d, list(js.values())) for d, js in by_domain.items()))
+        try:
+            await asyncio.gather(*(self._deliver_domain(d, list(js.values())) for d, js in by_domain.items()))
+        finally:
+            # Whatever a failure left unreported is no longer renewed: its leases expire and it goes again.
+            self.held.done([(j.msg.id, r) for j in jobs for r in j.rcpts], claim)
+
+    async def _report(self, results: list[tuple[str, str, int, str]]) -> None:
+        # Out of the renewals first: once the spool has the outcome, a retry may lease it anew.
+        self.held.done([(mid, rcpt) for mid, rcpt, _, _ in results])
+        await self.reporter.report(results)
+
+    # -- leases -------------------------------------------------------------------
+    async def _renew_loop(self) -> None:
+        """Renew everything held, in one call, every ``lease_s`` / 3."""
+        while True:
+            await asyncio.sleep(self.held.renew_every_s)
+            try:
+                await self._renew(self.held.keys())
+            except Exception:  # noqa: BLE001 - never die silently; the next round tries again
+                log.exception("sender %s: renewing leases failed", self.ip)
+
+    async def _renew(self, keys: list[Key]) -> None:
+        if not keys:
+            return
+        asked_at, last_claim = time.monotonic(), self.held.claims
+        try:
+            lost = await self.spool.renew.remote(self.ip, keys)
+        except Exception as exc:  # noqa: BLE001 - unconfirmed leases are confirmed again before sending
+            log.warning("sender %s: the spool did not renew %d leases: %r", self.ip, len(keys), exc)
+            return
+        self.held.renewed(keys, [tuple(k) for k in lost], asked_at, last_claim)
+
+    async def _still_mine(self, job: _Job, rest: list[_Job]) -> _Job | None:
+        """``job`` cut to the recipients whose leases are surely still this IP's, just
+        before it is sent (None: none is). When renewals have been failing, the leases
+        of the lane's remaining work are confirmed with the spool first, in one call;
+        what cannot be confirmed is given up (it expires and goes to another IP)."""
+        keys = [(job.msg.id, r) for r in job.rcpts]
+        safe, doubtful = self.held.check(keys, time.monotonic())
+        if doubtful:
+            _, unsure = self.held.check([(j.msg.id, r) for j in rest for r in j.rcpts], time.monotonic())
+            await self._renew(unsure)
+            safe, doubtful = self.held.check(keys, time.monotonic())
+            self.held.done(doubtful)
+        if len(safe) == len(keys):
+            return job
+        ok = set(safe)
+        rcpts = tuple(r for r in job.rcpts if (job.msg.id, r) in ok)
+        return _Job(job.msg, rcpts) if rcpts else None
 
     async def _deliver_domain(self, domain: str, work: list[_Job]) -> None:
         try:
             targets = await self._route(domain)
         except _Fail as f:
-            await self.reporter.report([(j.msg.id, r, f.code, f.text) for j in work for r in j.rcpts])
+            await self._report([(j.msg.id, r, f.code, f.text) for j in work for r in j.rcpts
+                                if (j.msg.id, r) in self.held])
             return
         lanes = min(self.ob.per_domain_connections, len(work))
         await asyncio.gather(*(self._lane(domain, targets, work[i::lanes]) for i in range(lanes)))
@@ -232,7 +292,7 @@ class SenderActor:
             code, text = retry.INTERNAL, f"the stored message is gone: {exc}"
         except StorageError as exc:
             code, text = 451, f"4.3.0 local storage unavailable: {exc}"
-        await self.reporter.report([(job.msg.id, r, code, text) for r in job.rcpts])
+        await self._report([(job.msg.id, r, code, text) for r in job.rcpts])
         return None
 
     async def _lane(self, domain: str, targets: list[tuple[str, int]], work: list[_Job]) -> None:
@@ -241,7 +301,10 @@ class SenderActor:
         async with self.per_domain[domain], self.conns:
             conn: _Conn | None = None
             try:
-                for i, job in enumerate(work):
+                for i, planned in enumerate(work):
+                    job = await self._still_mine(planned, work[i:])
+                    if job is None:
+                        continue
                     raw = await self._read(job)
                     if raw is None:
                         continue
@@ -253,13 +316,14 @@ class SenderActor:
                     if conn is None:
                         smtp, where, why = await self._connect(targets)
                         if smtp is None:
-                            await self.reporter.report([(j.msg.id, r, retry.CONNECT_FAILED, why)
-                                                        for j in work[i:] for r in j.rcpts])
+                            await self._report([(j.msg.id, r, retry.CONNECT_FAILED, why)
+                                                for j in [job, *work[i + 1:]] for r in j.rcpts
+                                                if (j.msg.id, r) in self.held])
                             return
                         conn = _Conn(smtp, where)
                     results, alive = await self._send(conn.smtp, job, raw, conn.where)
                     conn.sent += 1
-                    await self.reporter.report(results)
+                    await self._report(results)
                     if not alive:  # the next message gets a fresh connection
                         await self._close(conn.smtp)
                         conn = None

@@ -64,10 +64,13 @@ class OutboundSpool:
       the acknowledged state: unfinished recipients, suppressions, warm-up counters.
     - Queues hold copies: on start every unfinished recipient goes into fresh
       queues; a queue entry nobody claimed within ``lease_s`` is put again.
-    - A recipient is leased to one sender IP at a time; a lease that is neither
-      reported within ``lease_s`` nor kept by a live sender (``hello`` after a
-      restart drops the restarted IP's leases) returns to the queue. So a message
-      is delivered at least once, and twice only if a sender died between the
+    - A recipient is leased to one sender IP at a time. A live sender ``renew``s
+      the leases of everything it holds, however long it holds it, and sends only
+      what the spool confirms is still its own; a lease neither renewed nor
+      reported within ``lease_s`` (its sender died, or lost touch with the spool)
+      returns to the queue, and ``hello`` after a restart drops the restarted IP's
+      leases at once. So a message is delivered at least once, and twice only if
+      a sender died (or could not reach the spool for ``lease_s``) between the
       destination's 250 and its report.
     - ``claim`` never grants an IP more than its warm-up cap for the UTC day.
     """
@@ -301,6 +304,15 @@ class OutboundSpool:
             self.state.apply(use)
             await self._append([use])
         return granted, None if left is None else left - len(granted)
+
+    def renew(self, ip: str, keys: list[Key]) -> list[Key]:
+        """``ip`` still holds ``keys`` (everything it claimed and has not reported):
+        their leases run ``lease_s`` from now. Returns those it no longer holds, which
+        it must not send. Leases live in memory only, so nothing is logged."""
+        lost = self.work.renew(ip, [tuple(k) for k in keys], time.time())
+        if lost:
+            log.warning("outbound: %s renewed %d leases it no longer holds; it drops them", ip, len(lost))
+        return lost
 
     async def report(self, ip: str, results: list[tuple[str, str, int, str]]) -> int:
         """Outcomes from a sender: (message id, recipient, SMTP code, text). Returns once

@@ -136,6 +136,19 @@ class Dispatcher:
             self.release(k)
         return valid[:n]
 
+    def renew(self, ip: str, keys: list[Key], now: float) -> list[Key]:
+        """A live sender still holds ``keys``: their leases run ``lease_s`` from now.
+        Returns those ``ip`` no longer holds (expired, finished, or leased to another
+        IP), which its sender must not send."""
+        lost = []
+        for k in keys:
+            owner = self.leased.get(k)
+            if owner is not None and owner[0] == ip and self.pending(k) is not None:
+                self.leased[k] = (ip, now + self.lease_s)
+            else:
+                lost.append(k)
+        return lost
+
     def settle(self, ip: str, key: Key) -> OutboundMessage | None:
         """A sender reports ``key``: the message if the report counts (the key is still
         to be delivered and not leased to another IP); the lease ends."""
@@ -160,3 +173,67 @@ class Dispatcher:
     def counts(self) -> dict:
         return {"ready": {p: len(r) for p, r in self.ready.items()}, "later": len(self.later),
                 "dispatched": len(self.dispatched), "leased": len(self.leased)}
+
+
+class Held:
+    """A sender's side of its leases: what it claimed and has neither reported nor
+    given up, and until when each lease is surely still its own. That time counts
+    ``lease_s`` from when the claim or renewal that the spool granted was *asked*, so
+    it is never later than the spool's deadline. Times are the sender's monotonic
+    clock; no I/O.
+
+    The sender renews everything it holds every ``renew_every_s`` (a third of the
+    lease, so one failed renewal still leaves time for the next); just before a
+    message goes out, ``check`` says which of its recipients are safe to send and
+    which leases are too close to their end to trust without asking the spool."""
+
+    def __init__(self, lease_s: float) -> None:
+        self.lease_s = lease_s
+        self.renew_every_s = lease_s / 3
+        self.until: dict[Key, tuple[float, int]] = {}  # -> (lease surely ours until, claim)
+        self.claims = 0
+
+    def add(self, keys: list[Key], asked_at: float) -> int:
+        """Leases granted by a claim asked at ``asked_at``; returns the claim's number."""
+        self.claims += 1
+        for k in keys:
+            self.until[k] = (asked_at + self.lease_s, self.claims)
+        return self.claims
+
+    def keys(self) -> list[Key]:
+        return list(self.until)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self.until
+
+    def renewed(self, asked: list[Key], lost: list[Key], asked_at: float, last_claim: int) -> None:
+        """The spool's answer to a renewal of ``asked`` (asked when ``last_claim`` was
+        the newest claim): all but ``lost`` run on."""
+        gone = set(lost)
+        for k in asked:
+            hit = self.until.get(k)
+            if hit is None:
+                continue  # reported meanwhile
+            if k in gone:
+                if hit[1] <= last_claim:  # not claimed again after the renewal was asked
+                    del self.until[k]
+            else:
+                self.until[k] = (max(hit[0], asked_at + self.lease_s), hit[1])
+
+    def done(self, keys: list[Key], claim: int | None = None) -> None:
+        """No longer held: reported, or given up (only ``claim``'s leases, if given)."""
+        for k in keys:
+            hit = self.until.get(k)
+            if hit is not None and (claim is None or hit[1] == claim):
+                del self.until[k]
+
+    def check(self, keys: list[Key], now: float) -> tuple[list[Key], list[Key]]:
+        """(safe to send, to confirm with the spool first) out of ``keys``; a key not
+        held is in neither. A lease is safe while it runs at least ``renew_every_s``
+        beyond ``now``: the renewals keep it so unless one has failed."""
+        safe, doubtful = [], []
+        for k in keys:
+            hit = self.until.get(k)
+            if hit is not None:
+                (safe if hit[0] - now > self.renew_every_s else doubtful).append(k)
+        return safe, doubtful

@@ -613,3 +613,26 @@ async def test_spool_restart_from_a_snapshot(ray_cluster, tmp_path):
     finally:
         app.deployment.stop()
         good.stop()
+
+
+async def test_a_sender_holding_work_past_lease_s_sends_it_once(ray_cluster, tmp_path):
+    """A live sender keeps its leases however long its work waits (here on one
+    connection to a destination taking 1 s per message, with a 3 s lease): the other
+    IP of the pool never gets a copy, so every message arrives exactly once."""
+    slow = Receiver("127.0.0.62", delay_s=1.0).start()
+    app = start_app(tmp_path, outbound={
+        "pools": [{"name": "tx", "ips": ["127.0.0.60", "127.0.0.61"], "categories": ["transactional"]}],
+        "routes": {"slow.test": slow.route}, "lease_s": 3.0, "per_domain_connections": 1,
+        "warmup": {"warmed_ips": ["127.0.0.60", "127.0.0.61"]},
+    })
+    try:
+        alice = app.user()
+        ids = [(await send(app, alice, [f"r{i}@slow.test"])).json()["message_id"] for i in range(8)]
+        await wait_for(lambda: set(ids) <= set(slow.ids()), timeout=40)
+        await asyncio.sleep(4.0)  # past another lease_s: an expired lease would have sent a copy by now
+        got = slow.ids()
+        assert sorted(got) == sorted(ids)  # each once, nothing else
+        assert slow.attempts == len(ids)  # and no second DATA for any of them
+    finally:
+        app.deployment.stop()
+        slow.stop()

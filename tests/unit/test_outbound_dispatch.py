@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raymail.config import Pool
-from raymail.outbound.dispatch import Dispatcher
+from raymail.outbound.dispatch import Dispatcher, Held
 from raymail.outbound.records import Attempt, OutboundMessage, SpoolState
 
 POOL = Pool("tx", ("10.0.0.1", "10.0.0.2"), ("transactional",))
@@ -83,3 +83,59 @@ def test_a_restarted_sender_and_a_lost_queue_give_work_back():
     assert d.claim("10.0.0.2", again, left=None, now=4.0) == [b]  # ...so its new copy is refused
     d.lost_queue("tx")
     assert not d.dispatched
+
+
+def test_renewal_keeps_a_live_senders_lease_past_lease_s():
+    st, d = setup(lease_s=10.0)
+    a, b = keys(d.take(POOL, now=2.0))
+    d.claim("10.0.0.1", [a, b], left=None, now=3.0)
+    for now in (9.0, 15.0, 21.0):  # renewed every 6 s: held for 18 s with a 10 s lease
+        assert d.renew("10.0.0.1", [a, b], now=now) == []
+        assert d.expire(now=now + 9.0) == []
+    assert d.leased[a] == ("10.0.0.1", 31.0)
+    assert not d.ready["tx"]  # never queued again for the other IP
+    # Without renewals (a dead sender) the lease still ends lease_s after the last one.
+    assert d.expire(now=31.0) == [(a, "10.0.0.1"), (b, "10.0.0.1")]
+
+
+def test_renewal_reports_what_the_ip_no_longer_holds():
+    st, d = setup(lease_s=10.0)
+    a, b = keys(d.take(POOL, now=2.0))
+    d.claim("10.0.0.1", [a, b], left=None, now=3.0)
+    d.expire(now=13.0)  # both expired: ready again
+    d.take(POOL, now=13.0)
+    assert d.claim("10.0.0.2", [a], left=None, now=13.5) == [a]
+    # a: leased to another IP now; b: waiting in the queue, leased to nobody.
+    assert d.renew("10.0.0.1", [a, b], now=14.0) == [a, b]
+    assert d.leased[a] == ("10.0.0.2", 23.5) and b not in d.leased  # a refused renewal takes nothing
+    st.apply(Attempt("m0", a[1], "delivered", 250, "ok", "10.0.0.2", 15.0))
+    d.settle("10.0.0.2", a)
+    assert d.renew("10.0.0.2", [a], now=16.0) == [a]  # finished
+
+
+def test_held_leases_are_safe_while_renewals_keep_up():
+    h = Held(lease_s=9.0)  # renewed every 3 s
+    k1, k2 = ("m0", "a@x.test"), ("m0", "b@y.test")
+    h.add([k1, k2], asked_at=100.0)  # surely ours until 109
+    assert h.check([k1, k2], now=105.9) == ([k1, k2], [])
+    assert h.check([k1, k2], now=106.0) == ([], [k1, k2])  # a renewal is overdue: ask first
+    h.renewed([k1, k2], lost=[k2], asked_at=106.0, last_claim=h.claims)
+    assert h.check([k1, k2], now=106.5) == ([k1], [])  # k2 went to another IP: not sent
+    assert k2 not in h and h.keys() == [k1]
+    h.done([k1])
+    assert h.keys() == [] and h.check([k1], now=106.5) == ([], [])
+
+
+def test_a_late_answer_does_not_undo_a_newer_claim():
+    h = Held(lease_s=9.0)
+    k = ("m0", "a@x.test")
+    first = h.add([k], asked_at=0.0)
+    asked, last_claim = h.keys(), h.claims  # a renewal goes out...
+    h.done([k])  # ...k is reported (deferred) and claimed again before its answer
+    second = h.add([k], asked_at=1.0)
+    h.renewed(asked, lost=[k], asked_at=0.5, last_claim=last_claim)
+    assert k in h
+    h.done([k], claim=first)  # the first claim's entry ends: not this lease
+    assert k in h
+    h.done([k], claim=second)
+    assert k not in h
