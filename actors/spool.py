@@ -335,7 +335,7 @@ class OutboundSpool:
             event = d.action.value
             if d.action is Action.BOUNCED:
                 bounced.add(mid)
-                if not d.expired:  # a hard bounce: this address is not mailed again
+                if not d.expired and suppression.suppresses(code, text):  # the address is bad: not mailed again
                     records.append(Suppress(suppression.scope_for(self.ob.suppression, msg.sender_uid), rcpt,
                                             f"{code} {text}"[:300], now))
             elif d.action is Action.DEFERRED:

@@ -42,6 +42,7 @@ RECEIVERS = {
     "solo.test": {"delay_s": 0.03},
     "tls.test": {},  # offers STARTTLS (set up in the fixture)
     "slow.test": {"delay_s": 0.2},
+    "policy.test": {"script": ["554 5.7.1 Message rejected as spam"]},
 }
 
 # Destinations reached through DNS (port 25 on the address of their MX); any other
@@ -636,3 +637,14 @@ async def test_a_sender_holding_work_past_lease_s_sends_it_once(ray_cluster, tmp
     finally:
         app.deployment.stop()
         slow.stop()
+
+
+async def test_a_policy_refusal_bounces_without_suppressing_the_address(world):
+    """5.7.1 at DATA says nothing about the mailbox: a bounce report, no suppression."""
+    app, peers, _, _ = world
+    alice = app.user()
+    assert (await send(app, alice, ["someone@policy.test"])).status_code == 201
+    report = await dsn_of(app, alice)
+    assert "5.7.1" in report.as_string()
+    again = await send(app, alice, ["someone@policy.test"])
+    assert again.status_code == 201, again.text  # not on the suppression list
