@@ -35,6 +35,7 @@ import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
+import procs
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -181,13 +182,7 @@ class NsdServer:
         return "\n".join(out)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

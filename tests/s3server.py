@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import procs
 
 
 class MotoServer:
@@ -52,12 +53,7 @@ class MotoServer:
         return f"s3://{name}/raymail"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        procs.stop(self.proc)
 
     def restart(self) -> None:
         """Start again on the same port (empty: moto keeps objects in memory)."""
