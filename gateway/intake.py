@@ -72,7 +72,7 @@ def _addr(value: str) -> Address:
 
 
 def meta_for(stored: Stored, uid: str, folder: str, unread: bool, received_s: float | None = None,
-             auth: AuthSummary | None = None) -> EmailMeta:
+             auth: AuthSummary | None = None, email_id: str | None = None) -> EmailMeta:
     """The mailbox entry for a stored message; header values are read defensively."""
     headers = {}
     for k, v in stored.parsed.headers:
@@ -83,7 +83,7 @@ def meta_for(stored: Stored, uid: str, folder: str, unread: bool, received_s: fl
     if addresses.has_line_break(subject):
         subject = " ".join(subject.split())
     return EmailMeta(
-        id=uuid.uuid4().hex, uid=uid, message_id=headers.get("message-id", "").strip()[:998], folder=folder,
+        id=email_id or uuid.uuid4().hex, uid=uid, message_id=headers.get("message-id", "").strip()[:998], folder=folder,
         sender=_addr(headers.get("from", "")), to=to, cc=cc, bcc=(), subject=subject[:998],
         snippet=compose.snippet_of(stored.parsed.text), date=received_s or time.time(), size=stored.size,
         unread=unread, has_attachments=bool(stored.refs or stored.parsed.attachments), blob=stored.blob,

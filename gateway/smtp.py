@@ -129,10 +129,12 @@ class MxHandler:
 
 async def store_and_deliver(svc: Services, session: Session, envelope: Envelope, raw: bytes,
                             targets: list[tuple[str, str, bool]], recipient: str | None, kind: str,
-                            auth_header: bytes = b"", auth: AuthSummary | None = None) -> str:
+                            auth_header: bytes = b"", auth: AuthSummary | None = None, retry_key: str = "") -> str:
     """Store the message once (trace headers, our Authentication-Results, then the
     original bytes unchanged) and put it in every (uid, folder, unread) target; the
-    reply says whether it is on stable storage."""
+    reply says whether it is on stable storage. With ``retry_key`` the mailbox entries
+    get ids derived from it, so a retried submission lands once (shards ignore an id
+    they hold)."""
     queue_id = uuid.uuid4().hex[:16]
     now = time.time()
     reverse_path = "" if envelope.mail_from in (None, "<>") else envelope.mail_from  # aiosmtpd: "<>" for null
@@ -144,7 +146,9 @@ async def store_and_deliver(svc: Services, session: Session, envelope: Envelope,
     try:
         stored = await intake.store_raw(svc, trace + auth_header + raw)
         text = search_text(stored.parsed.text, stored.parsed.html)
-        ops = [Deliver(uid, intake.meta_for(stored, uid, folder, unread=unread, received_s=now, auth=auth), now, text)
+        ops = [Deliver(uid, intake.meta_for(stored, uid, folder, unread=unread, received_s=now, auth=auth,
+                                            email_id=smtp_rules.derived_id(retry_key, uid, folder) if retry_key
+                                            else None), now, text)
                for uid, folder, unread in targets]
         results = await svc.router.apply(ops)
     except (StorageError, ApiError) as exc:
@@ -238,14 +242,16 @@ class SubmissionHandler:
                 targets.append((r.uid, "inbox", True))
             elif not self.svc.directory.is_local_domain(addresses.domain_of(rcpt)):
                 remote.append(rcpt.lower())
+        key = smtp_rules.retry_key(user.uid, raw, list(envelope.rcpt_tos))
         outbound = None
         if remote:
             try:
-                outbound = await self._outbound(session, envelope, raw, remote)
+                outbound = await self._outbound(session, envelope, raw, remote, key)
             except (StorageError, ApiError) as exc:
                 log.warning("submission: outbound copy not stored: %s", exc)
                 return "451 4.3.0 Temporary storage failure; please retry"
-        reply = await store_and_deliver(self.svc, session, envelope, raw, targets, None, "submission")
+        reply = await store_and_deliver(self.svc, session, envelope, raw, targets, None, "submission",
+                                        retry_key=key)
         if outbound is not None and reply.startswith("250"):
             try:
                 await self.svc.outbound.enqueue(outbound)  # type: ignore[union-attr]
@@ -254,7 +260,8 @@ class SubmissionHandler:
                 return "451 4.3.0 The outbound queue did not confirm; please retry"
         return reply
 
-    async def _outbound(self, session: Session, envelope: Envelope, raw: bytes, remote: list[str]) -> Any:
+    async def _outbound(self, session: Session, envelope: Envelope, raw: bytes, remote: list[str],
+                        key: str) -> Any:
         """The copy for other domains: stored with its own trace header, classified by its
         headers (List-Unsubscribe, Precedence), signed when the domain has a DKIM key."""
         from email.parser import BytesHeaderParser
@@ -273,8 +280,8 @@ class SubmissionHandler:
         parsed = BytesHeaderParser().parsebytes(raw)
         headers = tuple((k, str(v)) for k, v in parsed.items())
         message_id = str(parsed.get("Message-ID", "")).strip()
-        return await outbound_message(self.svc, user, full, blob, message_id, remote, None, headers,
-                                      uuid.uuid4().hex, now)
+        out_id = smtp_rules.derived_id(key, "outbound") if key else uuid.uuid4().hex  # the spool drops a repeat
+        return await outbound_message(self.svc, user, full, blob, message_id, remote, None, headers, out_id, now)
 
 
 def tls_context(svc: Services) -> ssl.SSLContext:

@@ -66,6 +66,31 @@ def submission_rcpt_reply(address: str, is_local_domain: Callable[[str], bool],
     return reply
 
 
+def retry_key(sender_uid: str, raw: bytes, recipients: list[str]) -> str:
+    """The same submission again (same sender, Message-ID and recipients) is a client
+    retrying after a reply it did not get or a 4xx that came after part of the work
+    was done: ids derived from this key make every step of it land once. "" when the
+    message has no Message-ID (then nothing can be recognised)."""
+    import hashlib
+    from email.parser import BytesHeaderParser
+
+    try:
+        message_id = str(BytesHeaderParser().parsebytes(raw).get("Message-ID", "")).strip()
+    except Exception:  # noqa: BLE001 - an unreadable header: no key
+        return ""
+    if not message_id:
+        return ""
+    rcpts = "\0".join(sorted({r.lower() for r in recipients}))
+    return hashlib.sha256(f"{sender_uid}\0{message_id}\0{rcpts}".encode("utf-8", "replace")).hexdigest()
+
+
+def derived_id(key: str, *parts: str) -> str:
+    """A 32-hex-digit id for one step of a keyed submission."""
+    import hashlib
+
+    return hashlib.sha256("\0".join((key, *parts)).encode()).hexdigest()[:32]
+
+
 def header_from_address(raw: bytes) -> str | None:
     """The address in the message's From header (None when absent or unreadable)."""
     from email.parser import BytesHeaderParser

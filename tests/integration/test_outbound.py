@@ -648,3 +648,31 @@ async def test_a_policy_refusal_bounces_without_suppressing_the_address(world):
     assert "5.7.1" in report.as_string()
     again = await send(app, alice, ["someone@policy.test"])
     assert again.status_code == 201, again.text  # not on the suppression list
+
+
+async def test_a_repeated_submission_lands_once(world):
+    """A client that sends the same message again (same Message-ID and recipients:
+    it retried after a lost reply or a late 451) gets 250 and nothing is doubled:
+    not the remote copy, not the local recipient's, not the Sent copy."""
+    import smtplib
+    import ssl
+
+    app, peers, _, _ = world
+    alice, bob = app.user(), app.user()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    mid = f"<again-{uuid.uuid4().hex}@example.test>"
+    msg = (f"From: {alice['email']}\r\nTo: far@ok.test, {bob['email']}\r\nSubject: twice\r\n"
+           f"Message-ID: {mid}\r\n\r\nonce, please\r\n").encode()
+    for _ in range(2):
+        with smtplib.SMTP("127.0.0.1", app.deployment.submission_port, timeout=10) as s:
+            s.starttls(context=ctx)
+            s.login(alice["email"], alice["token"])
+            assert s.sendmail(alice["email"], ["far@ok.test", bob["email"]], msg) == {}
+    await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
+    await asyncio.sleep(1.0)  # room for a second copy to show up, were there one
+    assert len([m for m in peers["ok.test"].received if m.message_id == mid]) == 1
+    assert [e["subject"] for e in await inbox(app, bob)] == ["twice"]
+    async with app.client(alice["token"]) as c:
+        sent = (await c.get("/v1/emails", params={"folder": "sent"})).json()
+    assert [e["subject"] for e in sent["emails"]] == ["twice"]

@@ -70,3 +70,15 @@ def test_submission_accepts_other_domains_when_outbound_is_enabled():
     assert reply("x@elsewhere.test") == smtp_rules.OK
     assert reply("nobody@example.test").startswith("550 5.1.1")  # local domains stay exact
     assert reply("no-at-sign").startswith("501")
+
+
+def test_retry_key_recognises_the_same_submission_only():
+    raw = b"From: a@x.test\r\nMessage-ID: <m1@x.test>\r\n\r\nbody\r\n"
+    key = smtp_rules.retry_key("u1", raw, ["B@y.test", "c@z.test"])
+    assert key and key == smtp_rules.retry_key("u1", raw, ["c@z.test", "b@y.test"])  # order and case
+    assert key != smtp_rules.retry_key("u2", raw, ["b@y.test", "c@z.test"])  # another sender
+    assert key != smtp_rules.retry_key("u1", raw, ["b@y.test"])  # other recipients
+    assert key != smtp_rules.retry_key("u1", raw.replace(b"m1", b"m2"), ["b@y.test", "c@z.test"])
+    assert smtp_rules.retry_key("u1", b"From: a@x.test\r\n\r\nno id\r\n", ["b@y.test"]) == ""
+    assert smtp_rules.derived_id(key, "uid", "sent") != smtp_rules.derived_id(key, "uid", "inbox")
+    assert len(smtp_rules.derived_id(key, "outbound")) == 32
