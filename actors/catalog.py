@@ -48,7 +48,7 @@ from raymail.errors import StorageError
 from raymail.mailbox import ShardState
 from raymail.model import AddUpload, Delete, Deliver, EmailMeta, Op, OpResult
 from raymail.store.blobs import BlobStore
-from raymail.store.log import fsync_dir
+from raymail.store.log import fsync_dir, write_new_file
 
 log = logging.getLogger(__name__)
 
@@ -280,14 +280,7 @@ def write_part(store: BlobStore, table: str, rows: pa.Table, prefix: str = "part
             tmp = Path(store.root) / CATALOG_PREFIX / "tmp" / f"{uuid.uuid4().hex}.parquet"
             tmp.parent.mkdir(parents=True, exist_ok=True)
             Path(final).parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_file(tmp, data)
             os.replace(tmp, final)
             fsync_dir(Path(final).parent)
         else:

@@ -57,15 +57,12 @@ def durable_floor(store, data: bytes) -> float:
     t0 = time.perf_counter()
     hashlib.sha256(data).digest()
     if store.local:
+        from raymail.store.log import write_new_file
+
         path = f"{store.root}/bench-floor-{os.urandom(4).hex()}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            write_new_file(path, data)
         finally:
-            os.close(fd)
             os.unlink(path)
     return time.perf_counter() - t0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import fsspec
 
 from raymail.errors import StorageError
-from raymail.store.log import fsync_dir
+from raymail.store.log import fsync_dir, write_new_file
 
 
 def _load_syncfs():
@@ -237,15 +237,7 @@ class BlobStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
             dirs.add(path.parent)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if not group:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_file(tmp, data, fsync=not group)
             renames.append((tmp, path))
         if group:
             self._syncfs()  # file contents are durable before any becomes visible

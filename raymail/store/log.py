@@ -56,6 +56,19 @@ def read_frames(data: bytes) -> tuple[list[bytes], int]:
     return out, pos
 
 
+def write_new_file(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, fsync'd unless told not to."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
