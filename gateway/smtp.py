@@ -291,40 +291,29 @@ def tls_context(svc: Services) -> ssl.SSLContext:
     return server_context(*ensure_certificate(svc.config.data_path, server.hostname))
 
 
-def _admission(svc: Services) -> Admission:
+def _factory(svc: Services, handler: Any, ident: str, **extra: Any) -> Any:
+    """A protocol factory for one listener: session guards, limits and TLS from config."""
     limits = svc.config.limits
-    return Admission(limits.smtp_connections_per_ip, limits.smtp_connects_per_minute)
+    ctx = tls_context(svc)
+    admission = Admission(limits.smtp_connections_per_ip, limits.smtp_connects_per_minute)
+
+    def make() -> SMTP:
+        return GuardedSMTP(handler, admission=admission, session_max_s=limits.smtp_session_max_s,
+                           hostname=svc.config.server.hostname, ident=ident,
+                           data_size_limit=limits.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
+                           timeout=limits.smtp_idle_timeout_s, tls_context=ctx, **extra)
+
+    return make
 
 
 def mx_factory(svc: Services) -> Any:
     """The MX: anyone may deliver to local users; STARTTLS offered, not required."""
-    handler = MxHandler(svc)
-    limits = svc.config.limits
-    ctx = tls_context(svc)
-    admission = _admission(svc)
-
-    def make() -> SMTP:
-        return GuardedSMTP(handler, admission=admission, session_max_s=limits.smtp_session_max_s,
-                           hostname=svc.config.server.hostname, ident="raymail ESMTP",
-                           data_size_limit=limits.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
-                           timeout=limits.smtp_idle_timeout_s, tls_context=ctx)
-
-    return make
+    return _factory(svc, MxHandler(svc), "raymail ESMTP")
 
 
 def submission_factory(svc: Services) -> Any:
     """Submission: STARTTLS first, then AUTH PLAIN/LOGIN (email + token), then mail."""
     lockout = TokenBuckets(rate_per_s=1 / 60, burst=5)  # 5 failures, then one more a minute, per IP
     handler = SubmissionHandler(svc, lockout)
-    limits = svc.config.limits
-    ctx = tls_context(svc)
-    admission = _admission(svc)
-
-    def make() -> SMTP:
-        return GuardedSMTP(handler, admission=admission, session_max_s=limits.smtp_session_max_s,
-                           hostname=svc.config.server.hostname, ident="raymail ESMTP submission",
-                           data_size_limit=limits.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
-                           timeout=limits.smtp_idle_timeout_s, tls_context=ctx, require_starttls=True,
-                           auth_required=True, auth_require_tls=True, authenticator=handler.authenticate)
-
-    return make
+    return _factory(svc, handler, "raymail ESMTP submission", require_starttls=True, auth_required=True,
+                    auth_require_tls=True, authenticator=handler.authenticate)

@@ -422,20 +422,26 @@ async def test_every_step_is_in_the_event_log(world):
     assert any(f"/events/{day_partition(delivered['ts'])}/" in k for k in list_parts(storage_of(app), "events").live)
 
 
-async def test_submission_takes_the_same_path(world):
+def submission(app, user):
+    """An authenticated submission session (STARTTLS, then AUTH with the user's token)."""
     import smtplib
     import ssl
 
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the server's certificate is self-signed
+    s = smtplib.SMTP("127.0.0.1", app.deployment.submission_port, timeout=10)
+    s.starttls(context=ctx)
+    s.login(user["email"], user["token"])
+    return s
+
+
+async def test_submission_takes_the_same_path(world):
     app, peers, _, _ = world
     alice, bob = app.user(), app.user()
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     mid = f"<sub-{uuid.uuid4().hex}@example.test>"
     msg = (f"From: {alice['email']}\r\nTo: far@ok.test, {bob['email']}\r\nSubject: via submission\r\n"
            f"List-Unsubscribe: <mailto:unsub@example.test>\r\nMessage-ID: {mid}\r\n\r\nnewsletter\r\n").encode()
-    with smtplib.SMTP("127.0.0.1", app.deployment.submission_port, timeout=10) as s:
-        s.starttls(context=ctx)
-        s.login(alice["email"], alice["token"])
+    with submission(app, alice) as s:
         assert s.sendmail(alice["email"], ["far@ok.test", bob["email"]], msg) == {}
     got = await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
     assert got[0].peer_ip == "127.0.0.4"  # List-Unsubscribe: marketing, the marketing pool's IP
@@ -446,9 +452,7 @@ async def test_submission_takes_the_same_path(world):
     r = await send(app, alice, ["gone@reject.test"])
     assert r.status_code == 201
     await dsn_of(app, alice)
-    with smtplib.SMTP("127.0.0.1", app.deployment.submission_port, timeout=10) as s:
-        s.starttls(context=ctx)
-        s.login(alice["email"], alice["token"])
+    with submission(app, alice) as s:
         s.mail(alice["email"])
         code, text = s.rcpt("gone@reject.test")
         assert code == 550 and b"suppressed" in text
@@ -654,20 +658,13 @@ async def test_a_repeated_submission_lands_once(world):
     """A client that sends the same message again (same Message-ID and recipients:
     it retried after a lost reply or a late 451) gets 250 and nothing is doubled:
     not the remote copy, not the local recipient's, not the Sent copy."""
-    import smtplib
-    import ssl
-
     app, peers, _, _ = world
     alice, bob = app.user(), app.user()
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     mid = f"<again-{uuid.uuid4().hex}@example.test>"
     msg = (f"From: {alice['email']}\r\nTo: far@ok.test, {bob['email']}\r\nSubject: twice\r\n"
            f"Message-ID: {mid}\r\n\r\nonce, please\r\n").encode()
     for _ in range(2):
-        with smtplib.SMTP("127.0.0.1", app.deployment.submission_port, timeout=10) as s:
-            s.starttls(context=ctx)
-            s.login(alice["email"], alice["token"])
+        with submission(app, alice) as s:
             assert s.sendmail(alice["email"], ["far@ok.test", bob["email"]], msg) == {}
     await wait_for(lambda: [m for m in peers["ok.test"].received if m.message_id == mid])
     await asyncio.sleep(1.0)  # room for a second copy to show up, were there one
