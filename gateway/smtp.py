@@ -8,7 +8,6 @@ failure answers 451 and the sender retries.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import ssl
@@ -276,7 +275,7 @@ class SubmissionHandler:
             tls=bool(session.ssl))
         # Return-Path is the final delivery's to add, never a relay's (RFC 5321 section 4.4).
         full = trace.split(b"\r\n", 1)[1] + raw
-        blob = await asyncio.to_thread(self.svc.blobs.put, "msg", full)
+        blob = await self.svc.blob_writer.put(full)  # group commit, as for every other message blob
         parsed = BytesHeaderParser().parsebytes(raw)
         headers = tuple((k, str(v)) for k, v in parsed.items())
         message_id = str(parsed.get("Message-ID", "")).strip()
