@@ -26,7 +26,7 @@ from raymail.errors import (
     Unprocessable,
 )
 from raymail.model import AddUpload, AttachmentRef, User
-from raymail.store.blobs import BlobMissing, Upload
+from raymail.store.blobs import BlobMissing, BlobReader, Upload
 
 log = logging.getLogger(__name__)
 
@@ -175,18 +175,16 @@ class FilesApi:
         ref = await self.lookup(user, attachment_id)
         if ref is None:
             raise NotFound("no such attachment")
-        blobs = self.svc.blobs
-        try:
-            await asyncio.to_thread(blobs.size, ref.blob)
-        except BlobMissing as exc:
-            raise Gone("the attachment's content is missing from storage", code="content_missing") from exc
-        except StorageError as exc:
-            raise Unavailable("attachment storage is unavailable; retry later") from exc
         try:
             rng = att.parse_range(request.headers.get("range"), ref.size)
         except att.AttachmentError as exc:
             raise RangeNotSatisfiable(str(exc)) from None
         start, end = rng if rng else (0, ref.size - 1)
+        # The first chunk is read before any header goes out: a blob missing from
+        # storage is a 410 and unreachable storage a 503, not a cut-off 200. The size
+        # is the recorded one, so an object store is not asked for it (one request
+        # less per download).
+        first, fh = await self._open(ref, start, end + 1)
         headers = {
             "Content-Disposition": att.content_disposition(ref.filename),
             "Accept-Ranges": "bytes",
@@ -199,19 +197,37 @@ class FilesApi:
         if rng:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{ref.size}"
-        return StreamingResponse(
-            self._stream(ref.blob, start, end + 1), status_code=status, headers=headers, media_type=ref.content_type
-        )
+        return StreamingResponse(self._stream(fh, first, start + len(first), end + 1), status_code=status,
+                                 headers=headers, media_type=ref.content_type)
 
-    async def _stream(self, key: str, start: int, stop: int) -> AsyncIterator[bytes]:
-        fh = await asyncio.to_thread(self.svc.blobs.reader, key, start)
+    async def _open(self, ref: AttachmentRef, start: int, stop: int) -> tuple[bytes, BlobReader | None]:
+        blobs = self.svc.blobs
+        fh = None
         try:
-            pos = start
-            while pos < stop:
-                chunk = await asyncio.to_thread(fh.read, min(READ_CHUNK_BYTES, stop - pos))
-                if not chunk:
-                    break
+            if stop <= start:  # an empty blob: only its presence to check
+                await asyncio.to_thread(blobs.size, ref.blob)
+                return b"", None
+            fh = await asyncio.to_thread(blobs.reader, ref.blob, start, ref.size)
+            return await asyncio.to_thread(fh.read, min(READ_CHUNK_BYTES, stop - start)), fh
+        except BlobMissing as exc:
+            if fh is not None:
+                await asyncio.to_thread(fh.close)
+            raise Gone("the attachment's content is missing from storage", code="content_missing") from exc
+        except StorageError as exc:
+            if fh is not None:
+                await asyncio.to_thread(fh.close)
+            raise Unavailable("attachment storage is unavailable; retry later") from exc
+
+    async def _stream(self, fh: BlobReader | None, first: bytes, pos: int, stop: int) -> AsyncIterator[bytes]:
+        if fh is None:
+            return
+        try:
+            chunk = first
+            while chunk:
                 yield chunk
+                if pos >= stop:
+                    break
+                chunk = await asyncio.to_thread(fh.read, min(READ_CHUNK_BYTES, stop - pos))
                 pos += len(chunk)
         finally:
             await asyncio.to_thread(fh.close)
