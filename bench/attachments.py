@@ -237,9 +237,9 @@ def main() -> None:
         if store_local:
             print(f"{'':>11}upload floor (sha256 + write + fsync) {t['floor_up']:.0f} MB/s, the API reaches "
                   f"{t['api_up'] / t['floor_up']:.2f}x of it")
-        print(f"{'':>11}ceilings on this machine: SHA-256 alone {t['sha']:.0f} MB/s "
-              f"({t['sha'] / t['fs_up']:.2f}x of the fsspec upload), one loopback TCP stream at its fastest "
-              f"{t['tcp']:.0f} MB/s ({t['tcp'] / t['fs_down']:.2f}x of the fsspec download)")
+            print(f"{'':>11}ceilings on this machine: SHA-256 alone {t['sha']:.0f} MB/s "
+                  f"({t['sha'] / t['fs_up']:.2f}x of the fsspec upload), one loopback TCP stream at its fastest "
+                  f"{t['tcp']:.0f} MB/s ({t['tcp'] / t['fs_down']:.2f}x of the fsspec download)")
     progress("peak memory during a 100 MiB upload")
     base, peak = peak_upload_memory(dep, token, 100 * MiB)
     print(f"100 MiB upload: gateway RSS {base / 1024:.0f} MiB -> peak {peak / 1024:.0f} MiB "

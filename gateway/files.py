@@ -182,8 +182,7 @@ class FilesApi:
         start, end = rng if rng else (0, ref.size - 1)
         # The first chunk is read before any header goes out: a blob missing from
         # storage is a 410 and unreachable storage a 503, not a cut-off 200. The size
-        # is the recorded one, so an object store is not asked for it (one request
-        # less per download).
+        # is the recorded one, so an object store gets one streamed GET and no HEAD.
         first, fh = await self._open(ref, start, end + 1)
         headers = {
             "Content-Disposition": att.content_disposition(ref.filename),
@@ -207,7 +206,7 @@ class FilesApi:
             if stop <= start:  # an empty blob: only its presence to check
                 await asyncio.to_thread(blobs.size, ref.blob)
                 return b"", None
-            fh = await asyncio.to_thread(blobs.reader, ref.blob, start, ref.size)
+            fh = await asyncio.to_thread(blobs.reader, ref.blob, start, stop)
             return await asyncio.to_thread(fh.read, min(READ_CHUNK_BYTES, stop - start)), fh
         except BlobMissing as exc:
             if fh is not None:

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -76,7 +78,7 @@ class Gateway:
             router=ShardRouter(
                 shard_handles, max_ops=g.batch_max_ops, max_inflight=g.max_inflight_batches, timeout_s=g.request_timeout_s
             ),
-            blobs=BlobStore(config.storage_url, config.storage.options),
+            blobs=BlobStore(config.storage_url, config.storage.options, spool_dir=self._fresh_spool_dir()),
             hub=Hub(g.ws_queue_size),
             metrics=GatewayMetrics(self.name),
             send_limiter=TokenBuckets(config.limits.send_rate_per_s, config.limits.send_burst),
@@ -92,6 +94,13 @@ class Gateway:
         # An async actor's __init__ runs on its event loop: serve at once, also
         # after Ray restarts this actor.
         self._ensure_started()
+
+    def _fresh_spool_dir(self) -> Path:
+        """This gateway's own directory for large uploads waiting for their hash on
+        their way to an object store; what an earlier run left there is dropped."""
+        path = self.config.data_path / "spool" / self.name
+        shutil.rmtree(path, ignore_errors=True)
+        return path
 
     def _ensure_started(self) -> None:
         if self._task is not None:

@@ -3,8 +3,8 @@
 A blob's key is ``<kind>/<sha256[:2]>/<sha256>``; writing the same bytes twice
 stores them once. Writes are atomic: a local blob is written under a temporary
 name, fsync'd and renamed (then the directory is fsync'd); an object store gets a
-single PUT, or for a streamed upload a multipart upload under ``tmp/`` followed by
-a server-side copy. A crash never leaves a half blob under its final key; stale
+single PUT, or for a large streamed upload (spooled to a local file while it is
+hashed) a multipart upload under the final key, visible only once complete. A crash never leaves a half blob under its final key; stale
 ``tmp/`` objects are removed by the garbage collector.
 
 Every storage failure leaves as ``StorageError`` (``BlobMissing`` when the blob is
@@ -17,11 +17,13 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import fsspec
+import fsspec.asyn
 
 from raymail.errors import StorageError
 from raymail.store.log import fsync_dir, write_new_file
@@ -53,6 +55,7 @@ class BlobMissing(StorageError):
 UNIQUE_KINDS = frozenset({"msg"})
 
 UPLOAD_PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size: bounds memory per upload
+UPLOAD_CONCURRENCY = 3  # parts in flight at once per upload: 24 MiB of buffers at most
 
 
 class Upload:
@@ -65,8 +68,9 @@ class Upload:
         self.size = 0
         self.tmp = f"{store.root}/tmp/{uuid.uuid4().hex}"
         # On an object store, a blob that fits in one part is kept in memory and PUT
-        # once under its final key at commit; a larger one streams as a multipart
-        # upload under tmp/ and is then copied server-side.
+        # once under its final key at commit; a larger one is spooled to a local
+        # file (memory stays bounded) and sent under its final key at commit as a
+        # concurrent multipart upload: no server-side copy, nothing visible before.
         self._small: list[bytes] | None = None
         self._small_bytes = 0
         self._fh = None
@@ -98,10 +102,11 @@ class Upload:
             self._small_bytes += len(data)
             if self._small_bytes <= UPLOAD_PART_BYTES:
                 return
-            data, self._small = b"".join(self._small), None  # too big for one PUT: stream it
+            data, self._small = b"".join(self._small), None  # too big for one PUT: spool it
         try:
             if self._fh is None:
-                self._fh = self.store.fs.open(self.tmp, "wb", block_size=UPLOAD_PART_BYTES)
+                self._fh = tempfile.NamedTemporaryFile(dir=self.store.spool_dir, prefix="upload-",  # noqa: SIM115
+                                                       delete=False, buffering=0)
             view = memoryview(data)
             while view:
                 written = self._fh.write(view)
@@ -135,10 +140,12 @@ class Upload:
                 self._small = []
             else:
                 self._fh.close()
-                if self.store._reuse(final):
-                    fs.rm_file(self.tmp)
-                else:
-                    fs.mv(self.tmp, final)
+                if not self.store._reuse(final):
+                    # Multipart, parts in parallel; the object appears only when the
+                    # upload completes.
+                    fs.put_file(self._fh.name, final, chunksize=UPLOAD_PART_BYTES,
+                                max_concurrency=UPLOAD_CONCURRENCY)
+                os.unlink(self._fh.name)
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
@@ -149,21 +156,13 @@ class Upload:
         self._small = None
         if self._fh is None:
             return
-        try:
-            if not self._fh.closed:
-                if self.store.local:
-                    self._fh.close()
-                elif hasattr(self._fh, "discard"):
-                    self._fh.discard()
-                    self._fh.closed = True  # nothing left to flush when it is collected
-                else:
-                    self._fh.close()
-        except Exception:  # noqa: BLE001 - best effort; GC removes what is left in tmp/
-            pass
-        try:
-            self.store.fs.rm_file(self.tmp)
-        except Exception:  # noqa: BLE001
-            pass
+        with contextlib.suppress(Exception):  # best effort; GC removes what is left in tmp/
+            self._fh.close()
+        with contextlib.suppress(Exception):
+            if self.store.local:
+                os.unlink(self.tmp)
+            else:
+                os.unlink(self._fh.name)  # the local spool file; nothing was sent yet
 
 
 class BlobStore:
@@ -171,7 +170,9 @@ class BlobStore:
     # garbage collector's grace period starts again for it (it must exceed this).
     refresh_after_s = 60.0
 
-    def __init__(self, url: str, options: dict | None = None) -> None:
+    def __init__(self, url: str, options: dict | None = None, spool_dir: str | os.PathLike | None = None) -> None:
+        """``spool_dir``: where large uploads to an object store wait for their hash
+        (the system's temporary directory when None)."""
         options = dict(options or {})
         if url.startswith(("s3://", "s3a://")):
             # Fail over to a 503 in seconds when the object store is down, rather than
@@ -186,8 +187,11 @@ class BlobStore:
         if hasattr(self.fs, "retries"):
             self.fs.retries = 3  # s3fs's own retry loop, on top of botocore's
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.spool_dir = spool_dir
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
+        elif spool_dir is not None:
+            Path(spool_dir).mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -309,21 +313,20 @@ class BlobStore:
             try:
                 return self.fs.cat_file(self._path(key), start=start, end=start + length)
             except OSError as exc:
-                if "InvalidRange" in str(exc) or "not satisfiable" in str(exc) or "416" in str(exc):
+                if _past_the_end(exc):
                     return b""  # at or past the end, as a file read would say
                 raise
 
-    def reader(self, key: str, start: int = 0, size: int | None = None) -> BlobReader:
-        """Sequential reads from ``start`` (fewer requests on S3). With the blob's
-        ``size`` known, an object store is not asked for it first: a missing blob
-        then shows at the first ``read`` (``BlobMissing``), not here."""
+    def reader(self, key: str, start: int = 0, stop: int | None = None) -> BlobReader:
+        """Sequential reads of bytes ``start`` to ``stop`` (the end when None). On an
+        object store this is one streamed GET, sent at the first ``read``: a missing
+        blob then shows there (``BlobMissing``), not here."""
         with self._reading(key):
             if self.local:
                 fh = open(self._path(key), "rb")  # noqa: SIM115 - closed by BlobReader.close
+                fh.seek(start)
             else:
-                fh = self.fs.open(self._path(key), "rb", block_size=UPLOAD_PART_BYTES, cache_type="readahead",
-                                  size=size)
-            fh.seek(start)
+                fh = _ObjectStream(self.fs, self._path(key), start, stop)
             return BlobReader(key, fh)
 
     def delete(self, key: str) -> None:
@@ -350,6 +353,45 @@ class BlobStore:
             key = path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
             out.append((key, int(info.get("size") or 0), mtime_of(info)))
         return out
+
+
+def _past_the_end(exc: OSError) -> bool:
+    """s3fs's error for a range that starts at or past the end of an object."""
+    return "InvalidRange" in str(exc) or "not satisfiable" in str(exc) or "416" in str(exc)
+
+
+class _ObjectStream:
+    """One ranged GET whose body is read as it arrives (s3fs's own event loop runs
+    the requests; callers block in a worker thread, as for every fsspec call)."""
+
+    def __init__(self, fs, path: str, start: int, stop: int | None) -> None:
+        self.fs = fs
+        self.bucket, self.key, _ = fs.split_path(path)
+        self.range = f"bytes={start}-{'' if stop is None else stop - 1}"
+        self.body = None
+        self.done = False
+
+    def read(self, n: int) -> bytes:
+        if self.done:
+            return b""
+        if self.body is None:
+            try:
+                resp = fsspec.asyn.sync(self.fs.loop, self.fs._call_s3, "get_object", Bucket=self.bucket,
+                                        Key=self.key, Range=self.range)
+            except OSError as exc:
+                if _past_the_end(exc):  # nothing to read there
+                    self.done = True
+                    return b""
+                raise
+            self.body = resp["Body"]
+        data = fsspec.asyn.sync(self.fs.loop, self.body.read, n)
+        if not data:
+            self.done = True
+        return data
+
+    def close(self) -> None:
+        if self.body is not None:
+            self.body.close()
 
 
 class BlobReader:

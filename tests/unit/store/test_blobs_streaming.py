@@ -70,7 +70,12 @@ def store(backend: str, tmp_path: Path, request) -> BlobStore:
     if backend == "file":
         return BlobStore((tmp_path / "blobs").as_uri())
     options = request.getfixturevalue("s3_options")
-    return BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", options)
+    return BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", options, spool_dir=tmp_path / "spool")
+
+
+def spooled(store: BlobStore) -> list[str]:
+    """Local spool files of large object-store uploads still on disk."""
+    return sorted(os.listdir(store.spool_dir)) if store.spool_dir else []
 
 
 def s3_bug(reason: str):
@@ -195,6 +200,19 @@ def test_large_upload_spanning_several_parts(store: BlobStore):
     assert store.read_range(key, UPLOAD_PART_BYTES - 10, 20) == data[UPLOAD_PART_BYTES - 10 : UPLOAD_PART_BYTES + 10]
     assert hashlib.sha256(store.get(key)).hexdigest() == sha
     assert keys(store, "tmp") == []
+    assert spooled(store) == []
+
+
+def test_a_large_upload_is_invisible_until_commit(store: BlobStore):
+    data = data_of(UPLOAD_PART_BYTES + 5000)
+    up = store.upload("att")
+    up.write(data[:UPLOAD_PART_BYTES])
+    up.write(data[UPLOAD_PART_BYTES:])  # past one part: on an object store, spooled locally
+    assert keys(store, "att") == []
+    if not store.local:
+        assert keys(store, "") == [] and len(spooled(store)) == 1
+    key, _, _ = up.commit()
+    assert keys(store, "att") == [key] and spooled(store) == []
 
 
 # -- Upload: abort ---------------------------------------------------------------
@@ -210,6 +228,7 @@ def test_abort_leaves_nothing(store: BlobStore, backend: str, request, chunks):
     for chunk in chunks:
         up.write(chunk)
     up.abort()
+    assert spooled(store) == []
     assert keys(store, "tmp") == []
     assert keys(store, "att") == []
     assert keys(store, "") == []
@@ -456,6 +475,16 @@ def test_upload_to_an_unreachable_s3_raises_storage_error(unreachable_options):
     assert "upload" in str(info.value) or "unavailable" in str(info.value)
 
 
+def test_a_large_upload_to_an_unreachable_s3_fails_at_commit_and_leaves_no_spool(unreachable_options, tmp_path):
+    store = BlobStore(f"s3://{BUCKET}/x", unreachable_options, spool_dir=tmp_path / "spool")
+    up = store.upload("att")
+    up.write(data_of(UPLOAD_PART_BYTES + 1))
+    assert len(spooled(store)) == 1
+    with pytest.raises(StorageError, match="finishing the upload"):
+        up.commit()
+    assert spooled(store) == []
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -473,3 +502,35 @@ def test_other_calls_to_an_unreachable_s3_raise_storage_error(unreachable_option
     with pytest.raises(StorageError) as info:
         call(store)
     assert not isinstance(info.value, BlobMissing)
+
+
+# -- reader --------------------------------------------------------------------------
+
+
+def read_all(reader, n: int = 100) -> bytes:
+    out = []
+    try:
+        while chunk := reader.read(n):
+            out.append(chunk)
+    finally:
+        reader.close()
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("start, stop", [(0, None), (0, len(BLOB)), (10, 110), (len(BLOB) - 3, None), (5, 6)])
+def test_reader_streams_the_asked_bytes(store: BlobStore, start, stop):
+    key = store.put("att", BLOB)
+    got = read_all(store.reader(key, start, stop))
+    if store.local:  # a local reader is a plain file: the caller stops at ``stop``
+        got = got[: None if stop is None else stop - start]
+    assert got == BLOB[start:stop]
+
+
+def test_reader_past_the_end_reads_nothing(store: BlobStore):
+    key = store.put("att", BLOB)
+    assert read_all(store.reader(key, len(BLOB) + 10)) == b""
+
+
+def test_reader_of_a_missing_blob_raises_blob_missing_by_the_first_read(store: BlobStore):
+    with pytest.raises(BlobMissing):
+        read_all(store.reader(MISSING))
