@@ -68,13 +68,14 @@ class Upload:
         self.size = 0
         self.tmp = f"{store.root}/tmp/{uuid.uuid4().hex}"
         # On an object store, a blob that fits in one part is kept in memory and PUT
-        # once under its final key at commit; a larger one is spooled to a local
+        # under its final key at commit; a larger one is spooled to a local
         # file (memory stays bounded) and sent under its final key at commit as a
         # concurrent multipart upload: no server-side copy, nothing visible before.
         self._small: list[bytes] | None = None
         self._small_bytes = 0
         self._fh = None
         self._aborted = False
+        self._done: tuple[str, str, int] | None = None
         try:
             if store.local:
                 Path(self.tmp).parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +120,8 @@ class Upload:
         """Make the blob durable under its content address; returns (key, sha256, size)."""
         if self._aborted:
             raise StorageError("the upload was aborted")
+        if self._done is not None:
+            return self._done  # committed already: nothing more to write
         sha = self.sha.hexdigest()
         key = blob_key(self.kind, sha)
         final = self.store._path(key)
@@ -135,8 +138,11 @@ class Upload:
                     os.replace(self.tmp, final)
                     fsync_dir(Path(final).parent)
             elif self._small is not None:
-                if not self.store._reuse(final):
-                    fs.pipe_file(final, b"".join(self._small))  # one PUT: atomic
+                # One PUT, atomic. Not asked first whether the bytes are there: for a
+                # blob this small the question costs as much as sending it again,
+                # and the same bytes under the same key are still stored once (the
+                # PUT also renews LastModified for garbage collection).
+                fs.pipe_file(final, b"".join(self._small))
                 self._small = []
             else:
                 self._fh.close()
@@ -149,9 +155,12 @@ class Upload:
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
-        return key, sha, self.size
+        self._done = (key, sha, self.size)
+        return self._done
 
     def abort(self) -> None:
+        if self._done is not None:
+            return  # committed: the blob stays
         self._aborted = True
         self._small = None
         if self._fh is None:

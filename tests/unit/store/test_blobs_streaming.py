@@ -166,7 +166,9 @@ def test_upload_the_same_bytes_as_put_is_deduplicated(store: BlobStore):
         # Reuse refreshes the mtime: garbage collection's grace period starts again.
         assert after[0][2] >= before[0][2]
     else:
-        assert after == before  # recently written: no second PUT, no refresh
+        # One object, one size: a small repeat is PUT again under the same key (cheaper
+        # than asking first), which renews LastModified.
+        assert after[0][2] > before[0][2]
         store.refresh_after_s = 0.5  # now it counts as old: reuse renews LastModified server-side
         time.sleep(1.1)
         assert store.put("att", data) == key
@@ -269,11 +271,7 @@ def test_commit_twice_keeps_the_blob(store: BlobStore):
     up = store.upload("att")
     up.write(b"once")
     first = up.commit()
-    try:
-        again = up.commit()
-    except StorageError:
-        again = first  # the file backend refuses: its file is closed
-    assert again == first
+    assert up.commit() == first  # the second writes nothing (an object store's would be empty)
     assert store.get(first[0]) == b"once"
     assert keys(store, "") == [first[0]]
 
