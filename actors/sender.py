@@ -29,6 +29,9 @@ _CAP_POLL_S = 5.0
 _CONN_IDLE_S = 2.0  # an idle connection is kept this long for the next batch to the domain
 
 
+INLINE_READ_BYTES = 256 * 1024  # smaller local messages are read on the event loop
+
+
 def read_message(blobs: BlobStore, key: str) -> bytes:
     """The message's RFC 5322 bytes (a stored skeleton is filled from its attachment blobs)."""
     stored = blobs.get(key)
@@ -286,8 +289,11 @@ class SenderActor:
         """The bytes to send; None when they cannot be read (reported: dead when the
         stored message is gone, deferred when storage is down)."""
         try:
-            return job.msg.dkim_header.encode("ascii") + await asyncio.to_thread(read_message, self.blobs,
-                                                                                 job.msg.blob)
+            if self.blobs.local and 0 < job.msg.size <= INLINE_READ_BYTES:
+                raw = read_message(self.blobs, job.msg.blob)  # a page-cache read: cheaper than a thread hop
+            else:
+                raw = await asyncio.to_thread(read_message, self.blobs, job.msg.blob)
+            return job.msg.dkim_header.encode("ascii") + raw
         except BlobMissing as exc:
             code, text = retry.INTERNAL, f"the stored message is gone: {exc}"
         except StorageError as exc:
