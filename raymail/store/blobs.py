@@ -4,8 +4,9 @@ A blob's key is ``<kind>/<sha256[:2]>/<sha256>``; writing the same bytes twice
 stores them once. Writes are atomic: a local blob is written under a temporary
 name, fsync'd and renamed (then the directory is fsync'd); an object store gets a
 single PUT, or for a large streamed upload (spooled to a local file while it is
-hashed) a multipart upload under the final key, visible only once complete. A crash never leaves a half blob under its final key; stale
-``tmp/`` objects are removed by the garbage collector.
+hashed) a multipart upload under the final key, visible only once complete. A
+crash never leaves a half blob under its final key; stale ``tmp/`` files are
+removed by the garbage collector.
 
 Every storage failure leaves as ``StorageError`` (``BlobMissing`` when the blob is
 not there); fsspec, OS and S3 client errors are mapped here.
