@@ -12,6 +12,7 @@ from actors.catalog import apply_and_collect
 from raymail import codec
 from raymail.config import Config
 from raymail.errors import StorageError
+from raymail.link import LinkServer
 from raymail.mailbox import ShardState
 from raymail.model import AttachmentRef, Delete, Deliver, EmailMeta, Event
 from raymail.search import SearchQuery
@@ -79,6 +80,16 @@ class MailboxShard:
         }
         log.info("shard %d recovered: %s", index, self.recovered)
         self._committer = asyncio.get_event_loop().create_task(self._commit_index_loop())
+        # Gateways on this host send their writes here rather than through Ray.
+        self._link = LinkServer(self.apply_batch, f"shard-{index}")
+        self._link_started = asyncio.get_event_loop().create_task(self._link.start())
+
+    async def link_endpoint(self) -> tuple[str, str]:
+        """(node id, socket address) of this shard's same-host write path."""
+        import ray
+
+        await self._link_started
+        return ray.get_runtime_context().get_node_id(), self._link.address
 
     # -- search index ------------------------------------------------------
     @staticmethod
@@ -326,6 +337,8 @@ class MailboxShard:
             "emails": sum(len(mb.emails) for mb in self.state.mailboxes.values()),
             "log_bytes_since_snapshot": self.log.bytes_since_snapshot,
             "recovered": self.recovered,
+            "link_calls": self._link.served,
+            "link_refused": self._link.refused,
         }
 
     async def flush(self) -> bool:

@@ -55,7 +55,7 @@ class CallBatcher:
         self.items += len(batch)
         try:
             results = await asyncio.wait_for(self.call([item for item, _ in batch]), self.timeout_s)
-        except (TimeoutError, RayError) as exc:
+        except (TimeoutError, RayError, ConnectionError) as exc:  # ConnectionError: raymail.link
             log.warning("batched call failed (%s): %r", self.unavailable, exc)
             err = Unavailable(self.unavailable)
             for _, fut in batch:

@@ -17,7 +17,7 @@ from raymail.store.blobs import BlobStore
 log = logging.getLogger(__name__)
 
 INLINE_BYTES = 512 * 1024  # local batches up to this size are written on the event loop
-SLOW_INLINE_S = 0.005  # an inline batch slower than this sends the next ones to a thread...
+SLOW_INLINE_S = 0.02  # an inline batch slower than this sends the next ones to a thread...
 OFF_LOOP_S = 1.0  # ...for this long: a slow disk never stalls the event loop for long
 
 
