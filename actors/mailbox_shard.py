@@ -47,6 +47,12 @@ class MailboxShard:
         self._gateway_names = gateway_names
         self._namespace = namespace
         self._gateways: dict[str, Any] = {}
+        # Which gateways hold a WebSocket for which user: pushes go only there. After a
+        # (re)start this is unknown until each gateway has said; until then that
+        # gateway gets every push (see _learn_subscriptions).
+        self._subs: dict[str, set[str]] = {}
+        self._unsynced: set[str] = set(gateway_names)
+        self.pushes_sent = 0
         self._gateways_checked_s = 0.0
         self._catalog: Any | None = None
         self._catalog_checked_s = 0.0
@@ -83,6 +89,7 @@ class MailboxShard:
         # Gateways on this host send their writes here rather than through Ray.
         self._link = LinkServer(self.apply_batch, f"shard-{index}")
         self._link_started = asyncio.get_event_loop().create_task(self._link.start())
+        self._learning = asyncio.get_event_loop().create_task(self._learn_subscriptions())
 
     async def link_endpoint(self) -> tuple[str, str]:
         """(node id, socket address) of this shard's same-host write path."""
@@ -259,6 +266,10 @@ class MailboxShard:
                 pass
         return self._catalog
 
+    def _gateway_handles_by_name(self) -> dict[str, Any]:
+        self._gateway_handles()
+        return self._gateways
+
     def _gateway_handles(self) -> list[Any]:
         now = time.monotonic()
         if len(self._gateways) < len(self._gateway_names) and now - self._gateways_checked_s > _GATEWAY_LOOKUP_EVERY_S:
@@ -274,13 +285,80 @@ class MailboxShard:
         return list(self._gateways.values())
 
     def _push(self, events: list[tuple[str, Event]]) -> None:
-        # Encoded once for every gateway; bytes cross Ray without pickling.
-        payload = codec.encode([(uid, ev.to_dict()) for uid, ev in events])
-        for handle in self._gateway_handles():
+        """Events go to the gateways holding a WebSocket for their user (and to any
+        gateway whose sockets this shard has not learned yet), fire and forget."""
+        per_gateway: dict[str, list[tuple[str, dict]]] = {}
+        unsynced = self._unsynced
+        for uid, ev in events:
+            names = self._subs.get(uid)
+            if not names and not unsynced:
+                continue
+            item = (uid, ev.to_dict())
+            for name in (names | unsynced) if names and unsynced else (names or unsynced):
+                per_gateway.setdefault(name, []).append(item)
+        if not per_gateway:
+            return
+        handles = self._gateway_handles_by_name()
+        for name, items in per_gateway.items():
+            handle = handles.get(name)
+            if handle is None:
+                continue
             try:
-                handle.push.remote(payload)  # fire and forget; a dead gateway must not slow writes
-            except Exception:  # noqa: BLE001
+                handle.push.remote(codec.encode(items))  # bytes cross Ray without pickling
+                self.pushes_sent += 1
+            except Exception:  # noqa: BLE001 - a dead gateway must not slow writes
                 log.warning("push to a gateway failed", exc_info=True)
+
+    # -- who holds sockets for whom ------------------------------------------
+    async def subscribe(self, uid: str, gateway: str) -> int:
+        """``gateway`` holds a WebSocket for ``uid``: from now on it gets the user's
+        events. Returns the user's cursor (what is older, the client replays)."""
+        self._subs.setdefault(uid, set()).add(gateway)  # before any await: no event slips between
+        return await self.cursor(uid)
+
+    def unsubscribe(self, uid: str, gateway: str) -> None:
+        names = self._subs.get(uid)
+        if names is not None:
+            names.discard(gateway)
+            if not names:
+                del self._subs[uid]
+
+    def forget_gateway(self, gateway: str) -> None:
+        """A gateway (re)started: it holds no sockets yet."""
+        self._unsynced.discard(gateway)
+        for uid in [u for u, names in self._subs.items() if gateway in names]:
+            self.unsubscribe(uid, gateway)
+
+    async def _learn_subscriptions(self) -> None:
+        """Ask each gateway which of this shard's users it holds sockets for. A gateway
+        that is not running holds none (its sockets subscribe when they connect); one
+        that does not answer keeps getting every push until it does."""
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        delay = 0.5
+        while self._unsynced:
+            for name in list(self._unsynced):
+                try:
+                    handle = ray.get_actor(name, namespace=self._namespace)
+                except ValueError:
+                    self._unsynced.discard(name)  # not started: no sockets to learn
+                    continue
+                try:
+                    uids = await asyncio.wait_for(
+                        handle.subscriptions.remote(self.index), 10)
+                except RayActorError:
+                    self._unsynced.discard(name)  # gone: a restarted gateway starts with no sockets
+                    continue
+                except (TimeoutError, RayError) as exc:
+                    log.info("shard %d: gateway %s did not list its sockets yet (%r)", self.index, name, exc)
+                    continue
+                for uid in uids:
+                    self._subs.setdefault(uid, set()).add(name)
+                self._unsynced.discard(name)
+            if self._unsynced:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     # -- reads -------------------------------------------------------------
     async def list_emails(self, uid: str, folder: str, page_number: int, page_size: int) -> tuple[list[dict], int]:
@@ -338,6 +416,9 @@ class MailboxShard:
             "log_bytes_since_snapshot": self.log.bytes_since_snapshot,
             "recovered": self.recovered,
             "link_calls": self._link.served,
+            "pushes_sent": self.pushes_sent,
+            "subscribed_users": len(self._subs),
+            "unsynced_gateways": sorted(self._unsynced),
             "link_refused": self._link.refused,
         }
 

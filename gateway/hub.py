@@ -51,7 +51,8 @@ class Hub:
         self._subs[uid].add(sub)
         return sub
 
-    def unsubscribe(self, sub: Subscriber) -> None:
+    def unsubscribe(self, sub: Subscriber) -> bool:
+        """Forget ``sub``; True when it was its user's last connection here."""
         sub.dropped = True
         sub.backlog.clear()
         subs = self._subs.get(sub.uid)
@@ -59,6 +60,12 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.uid]
+                return True
+        return False
+
+    def users(self) -> list[str]:
+        """Users with at least one connection here."""
+        return list(self._subs)
 
     def resume(self, sub: Subscriber, last_cursor: int) -> None:
         """End the pause: what queued meanwhile and is newer than ``last_cursor`` goes out."""

@@ -122,6 +122,14 @@ class ShardRouter:
             log.warning("mailbox shard read %s failed: %r", method, exc)
             raise Unavailable("the mailbox service did not answer in time; retry the request") from exc
 
+    def notify(self, uid: str, method: str, *args: Any) -> None:
+        """Fire and forget ``method(uid, *args)`` on the user's shard (ordered after
+        this gateway's earlier calls to that shard, as Ray orders one caller's calls)."""
+        try:
+            getattr(self.handles[self.shard_index(uid)], method).remote(uid, *args)
+        except Exception:  # noqa: BLE001 - best effort: a stale subscription only costs a dropped push
+            log.warning("mailbox shard %s for a user failed", method, exc_info=True)
+
     def stats(self) -> dict:
         return {"calls": sum(q.calls for q in self._queues), "ops": sum(q.items for q in self._queues),
                 "link_calls": sum(link.link_calls for link in self.links),

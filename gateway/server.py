@@ -83,6 +83,11 @@ class Gateway:
             metrics=GatewayMetrics(self.name),
             send_limiter=TokenBuckets(config.limits.send_rate_per_s, config.limits.send_burst),
         )
+        self.push_calls = 0
+        # A (re)started gateway holds no sockets: shards forget what they believed it
+        # held. Sent before the server starts, so before any socket subscribes.
+        for handle in shard_handles:
+            handle.forget_gateway.remote(self.name)
         self.sock = reuseport_socket(config.server.bind, port, g.socket_send_buffer_bytes)
         self.port = self.sock.getsockname()[1]
         self.smtp_sock = reuseport_socket(config.server.bind, smtp_port) if smtp_port else None
@@ -162,6 +167,7 @@ class Gateway:
         """Events from a mailbox shard: codec-encoded ``[(uid, event dict), ...]``."""
         self._ensure_started()
         hub, metrics = self.svc.hub, self.svc.metrics
+        self.push_calls += 1
         now = time.time()
         delivered = 0
         for uid, event in codec.decode(encoded):
@@ -170,12 +176,18 @@ class Gateway:
                 metrics.push_latency(max(0.0, now - event["ts"]))
         return delivered
 
+    def subscriptions(self, shard_index: int) -> list[str]:
+        """Users of shard ``shard_index`` with a WebSocket here (a restarted shard asks)."""
+        router = self.svc.router
+        return [uid for uid in self.svc.hub.users() if router.shard_index(uid) == shard_index]
+
     def stats(self) -> dict:
         self._ensure_started()
         hub = self.svc.hub
         return {
             "name": self.name,
             "pid": os.getpid(),
+            "push_calls": self.push_calls,
             "connections": hub.connections,
             "dropped": hub.dropped_total,
             "published": hub.published_total,

@@ -63,7 +63,8 @@ class Endpoint:
         sub = svc.hub.subscribe(user.uid, ws.send_text, lambda code, reason: ws.close(code=code, reason=reason))
         svc.metrics.connections(svc.hub.connections)
         try:
-            cursor = await svc.router.read(user.uid, "cursor")
+            # From here the user's shard pushes this user's events to this gateway.
+            cursor = await svc.router.read(user.uid, "subscribe", svc.name)
             await ws.send_text(json.dumps({"type": "hello", "cursor": cursor, "gateway": svc.name}))
             last = cursor if since is None else await self._replay(ws, user.uid, since)
             svc.hub.resume(sub, last)
@@ -79,7 +80,8 @@ class Endpoint:
         except ApiError as exc:
             await _close_quietly(ws, 1011, exc.message[:120])
         finally:
-            svc.hub.unsubscribe(sub)
+            if svc.hub.unsubscribe(sub):
+                svc.router.notify(user.uid, "unsubscribe", svc.name)  # the last one here: no more pushes
             svc.metrics.connections(svc.hub.connections)
 
     async def _replay(self, ws: WebSocket, uid: str, since: int) -> int:

@@ -138,3 +138,58 @@ async def test_client_ping_gets_pong(app):
         assert await recv_json(ws) == {"type": "pong"}
         pong = await ws.ping()
         await asyncio.wait_for(pong, 5)  # protocol-level ping too
+
+
+def _push_calls(app) -> dict[str, int]:
+    import ray
+
+    return {st["name"]: st["push_calls"] for st in ray.get([g.stats.remote() for g in app.deployment.gateways])}
+
+
+async def test_shards_push_only_to_gateways_holding_a_socket_for_the_user(app):
+    alice, bob, carol = app.user(), app.user(), app.user()
+    ws = await _ws_on_gateway(app, bob["token"], "gateway-1")
+    try:
+        before = _push_calls(app)
+        await _send(app, alice["token"], carol["email"], 3, "nobody listens")
+        await asyncio.sleep(0.3)
+        assert _push_calls(app) == before  # no socket for carol (or alice) anywhere
+        await _send(app, alice["token"], bob["email"], 1, "to bob")
+        assert (await recv_json(ws))["email"]["subject"] == "to bob0"
+        after = _push_calls(app)
+        assert after["gateway-1"] > before["gateway-1"]
+        assert after["gateway-0"] == before["gateway-0"]  # bob's socket is on the other process
+    finally:
+        await ws.close()
+    await asyncio.sleep(0.5)  # the unsubscribe is fire and forget
+    before = _push_calls(app)
+    await _send(app, alice["token"], bob["email"], 2, "bob is away")
+    await asyncio.sleep(0.3)
+    assert _push_calls(app) == before
+
+
+async def test_a_restarted_shard_learns_the_open_sockets_and_pushes_to_them(ray_cluster, tmp_path):
+    import ray
+    from conftest import start_app
+
+    app = start_app(tmp_path, cluster={"shards": 1})
+    try:
+        alice, bob = app.user(), app.user()
+        async with app.ws(bob["token"]) as ws:
+            assert (await recv_json(ws))["type"] == "hello"
+            pid = ray.get(app.deployment.shards[0].stats.remote())["pid"]
+            ray.kill(ray.get_actor("shard-0", namespace=app.config.cluster.namespace), no_restart=False)
+            await _send(app, alice["token"], bob["email"], 1, "after the restart")  # waits for the new shard
+            pushed = await recv_json(ws, timeout=30)
+            assert pushed["type"] == "email.new" and pushed["email"]["subject"] == "after the restart0"
+            for _ in range(100):  # the new shard asked the gateway which sockets it holds
+                st = ray.get(app.deployment.shards[0].stats.remote())
+                if not st["unsynced_gateways"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert st["unsynced_gateways"] == [] and st["subscribed_users"] == 1, st
+            assert st["pid"] != pid  # a new incarnation
+            await _send(app, alice["token"], bob["email"], 1, "later")
+            assert (await recv_json(ws))["email"]["subject"] == "later0"
+    finally:
+        app.deployment.stop()

@@ -120,10 +120,11 @@ async def test_unsubscribe():
     hub.resume(a1, 0)
     hub.resume(a2, 0)
     assert hub.wants("alice") and not hub.wants("bob")
-    hub.unsubscribe(a1)
+    assert hub.users() == ["alice"]
+    assert hub.unsubscribe(a1) is False  # alice still has a connection here
     assert hub.connections == 1 and hub.wants("alice")
     assert hub.publish("alice", ev(1)) == 1
     await settle()
     assert s1.sent == [] and s2.sent == [ev(1)]
-    hub.unsubscribe(a2)
-    assert hub.connections == 0 and not hub.wants("alice")
+    assert hub.unsubscribe(a2) is True  # the last one: the shard can stop pushing here
+    assert hub.connections == 0 and not hub.wants("alice") and hub.users() == []
