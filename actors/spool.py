@@ -19,6 +19,7 @@ from gateway.events import EventSink
 from raymail import codec, compose
 from raymail.config import Config
 from raymail.errors import StorageError
+from raymail.link import LinkServer
 from raymail.model import Address, Deliver, EmailMeta
 from raymail.outbound import dsn, retry, suppression, warmup
 from raymail.outbound.dispatch import Dispatcher, Key, domain_of
@@ -115,6 +116,9 @@ class OutboundSpool:
         for mid in list(self.state.bounces):  # reports a crash kept from their senders
             self._report_bounces(mid)
         self._task = asyncio.get_event_loop().create_task(self._dispatch_loop())
+        # Gateways on this host hand over their outbound records here rather than through Ray.
+        self._link = LinkServer(self._enqueue_from_link, "spool")
+        self._link_started = asyncio.get_event_loop().create_task(self._link.start())
 
     # -- queues ---------------------------------------------------------------
     def _make_queues(self) -> None:
@@ -209,6 +213,16 @@ class OutboundSpool:
             self._snapshotting = False
 
     # -- from gateways ----------------------------------------------------------
+    async def link_endpoint(self) -> tuple[str, str]:
+        """(node id, socket address) of this spool's same-host path for ``enqueue``."""
+        import ray
+
+        await self._link_started
+        return ray.get_runtime_context().get_node_id(), self._link.address
+
+    async def _enqueue_from_link(self, encoded: bytes) -> bytes:
+        return str(await self.enqueue(encoded)).encode()
+
     async def enqueue(self, encoded: bytes) -> int:
         """Codec-encoded ``[OutboundMessage, ...]``; returns once they are durable.
         Idempotent: a message id already known is not queued twice."""
@@ -478,6 +492,7 @@ class OutboundSpool:
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), "recovered": self.recovered, "messages": len(self.state.messages),
+                "link_calls": self._link.served,
                 **self.work.counts(), "finished": self.state.finished, "bounces_pending": len(self.state.bounces)}
 
     async def flush(self) -> bool:

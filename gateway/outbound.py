@@ -18,6 +18,7 @@ from typing import Any
 from gateway.batching import CallBatcher
 from raymail import codec
 from raymail.errors import Unavailable
+from raymail.link import ActorLink
 from raymail.outbound.records import OutboundMessage
 from raymail.outbound.suppression import scope_for
 
@@ -33,6 +34,7 @@ class OutboundClient:
         self.mode = suppression_mode
         self.timeout_s = timeout_s
         self._handle: Any = None
+        self._link: ActorLink | None = None
         batching = {"max_items": max_items, "max_inflight": max_inflight, "timeout_s": timeout_s,
                     "unavailable": "the outbound queue did not confirm in time; retry the request"}
         self._checks = CallBatcher(self._check_call, **batching)
@@ -55,7 +57,9 @@ class OutboundClient:
         return await self._spool().suppressed.remote(items)
 
     async def _enqueue_call(self, items: list[OutboundMessage]) -> list:
-        await self._spool().enqueue.remote(codec.encode(items))
+        if self._link is None:
+            self._link = ActorLink(self._spool(), "enqueue")  # over the spool's socket on this host
+        await self._link.call(codec.encode(items))
         return [None] * len(items)
 
     async def suppressed(self, sender_uid: str, sender_email: str, addresses: list[str]) -> list[tuple[str, str]]:

@@ -13,81 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from typing import Any
 
-import ray
 from ray.exceptions import RayActorError, RayError
 
 from gateway.batching import CallBatcher
 from raymail import codec
 from raymail.errors import Unavailable
-from raymail.link import LinkClient, LinkLost
+from raymail.link import ActorLink
 from raymail.model import Op, OpResult
 from raymail.sharding import shard_of
 
 log = logging.getLogger(__name__)
 
 
-class ShardLink:
-    """Writes to one shard: over the shard's same-host socket when it runs on this
-    host (see ``raymail.link``), else - and whenever the socket fails - through Ray.
-
-    A connection lost with a call in flight sends that call again through Ray,
-    which waits for a restarting shard; ops are idempotent, so a call the shard
-    had already applied changes nothing the second time.
-    """
-
-    RECONNECT_AFTER_S = 1.0
-
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        self.client: LinkClient | None = None
-        self._lock = asyncio.Lock()
-        self._next_try = 0.0
-        self.link_calls = 0
-        self.ray_calls = 0
-
-    async def apply_batch(self, payload: bytes) -> bytes:
-        client = await self._client()
-        if client is not None:
-            try:
-                reply = await client.call(payload)
-                self.link_calls += 1
-                return reply
-            except LinkLost as exc:
-                log.warning("link to a mailbox shard lost (%s); sending the call through Ray", exc)
-        self.ray_calls += 1
-        return await self.handle.apply_batch.remote(payload)
-
-    async def _client(self) -> LinkClient | None:
-        if self.client is not None and not self.client.closed:
-            return self.client
-        if time.monotonic() < self._next_try:
-            return None
-        async with self._lock:
-            if self.client is not None and not self.client.closed:
-                return self.client
-            self._next_try = time.monotonic() + self.RECONNECT_AFTER_S
-            try:
-                node, address = await asyncio.wait_for(self.handle.link_endpoint.remote(), 5)
-                if node != ray.get_runtime_context().get_node_id():
-                    return None  # another host: Ray carries the calls
-                self.client = await LinkClient.connect(address)
-            except (TimeoutError, RayError, OSError) as exc:
-                log.info("no same-host link to a mailbox shard yet (%r); using Ray", exc)
-                return None
-        return self.client
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-
-
-def _shard_queue(link: ShardLink, max_ops: int, max_inflight: int, timeout_s: float) -> CallBatcher:
+def _shard_queue(link: ActorLink, max_ops: int, max_inflight: int, timeout_s: float) -> CallBatcher:
     async def call(ops: list[Op]) -> list[OpResult]:
-        return codec.decode(await link.apply_batch(codec.encode(ops)))
+        return codec.decode(await link.call(codec.encode(ops)))
 
     return CallBatcher(call, max_items=max_ops, max_inflight=max_inflight, timeout_s=timeout_s,
                        unavailable="the mailbox service did not confirm the write in time; retry the request")
@@ -97,7 +40,7 @@ class ShardRouter:
     def __init__(self, handles: list[Any], *, max_ops: int, max_inflight: int, timeout_s: float) -> None:
         self.handles = handles
         self.timeout_s = timeout_s
-        self.links = [ShardLink(h) for h in handles]
+        self.links = [ActorLink(h, "apply_batch") for h in handles]
         self._queues = [_shard_queue(link, max_ops, max_inflight, timeout_s) for link in self.links]
 
     def shard_index(self, uid: str) -> int:

@@ -386,6 +386,12 @@ async def test_spool_restart_requeues_unfinished_work(world):
     mid = r.json()["message_id"]
     await wait_for(lambda: mid in peers["ok.test"].ids(), timeout=30)
     assert len(capped.received) == before
+    # The gateway hands records over on the spool's same-host socket, also to the new
+    # incarnation (after the lost link it waits a second, then connects again).
+    await asyncio.sleep(1.1)
+    r = await send(app, alice, ["again@ok.test"])
+    assert r.status_code == 201, r.text
+    assert ray.get(spool(app).stats.remote())["link_calls"] >= 1
 
 
 def _stats_after_restart(app, old_pid):
