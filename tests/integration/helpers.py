@@ -22,3 +22,25 @@ async def recv_until(ws, pred, timeout: float = 10.0) -> dict:
 
     return await asyncio.wait_for(loop(), timeout)
 
+
+
+async def event_rows(app, pred, timeout: float = 30.0) -> list[dict]:
+    """Rows of the catalog's ``events`` table once one matches ``pred``. Gateways hand
+    events over about once a second, fire and forget, so the catalog is flushed and
+    read again until the row is there (or ``timeout`` passes: then the last rows)."""
+    import asyncio
+    import time
+
+    import ray
+    from conftest import storage_of
+
+    from actors.catalog import read_table
+
+    catalog = ray.get_actor("catalog", namespace=app.config.cluster.namespace)
+    deadline = time.monotonic() + timeout
+    while True:
+        await catalog.flush.remote()
+        rows = read_table(storage_of(app), "events").to_pylist()
+        if any(pred(r) for r in rows) or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.5)

@@ -4,7 +4,6 @@ the sender domains; the client connects from 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
 import smtplib
 import socket
 import time
@@ -112,10 +111,7 @@ async def test_dkim_fails_when_the_body_changed_after_signing(app, dns_server):
 
 
 async def test_dmarc_reject_refuses_at_end_of_data_and_stores_nothing(app, dns_server):
-    import ray
-    from conftest import storage_of
-
-    from actors.catalog import read_table
+    from helpers import event_rows
 
     bob = app.user()
     code, reply = deliver(app, "ann@reject.test", bob["email"], message("reject.test", bob["email"], "spoof"))
@@ -127,10 +123,7 @@ async def test_dmarc_reject_refuses_at_end_of_data_and_stores_nothing(app, dns_s
     async with app.client(bob["token"]) as c:
         for folder in ("inbox", "junk"):
             assert (await c.get("/v1/emails", params={"folder": folder})).json()["total"] == 0
-    await asyncio.sleep(1.5)  # the gateway hands events over about once a second
-    catalog = ray.get_actor("catalog", namespace=app.config.cluster.namespace)
-    await catalog.flush.remote()
-    rows = read_table(storage_of(app), "events").to_pylist()
+    rows = await event_rows(app, lambda r: r["sender"] == "ann@reject.test" and r["event"] == "rejected")
     assert any(r["event"] == "rejected" and r["smtp_code"] == 550 and r["sender"] == "ann@reject.test"
                and "DMARC" in r["detail"] for r in rows)
 
