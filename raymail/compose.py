@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import quopri
-import re
 import uuid
 from dataclasses import dataclass
 from email import policy
@@ -20,7 +19,6 @@ from raymail import skeleton
 from raymail.model import Address, AttachmentRef
 
 SNIPPET_CHARS = 200
-_WS_RE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +71,7 @@ def snippet_of(text: str) -> str:
     much of a long body is scanned as the snippet needs."""
     window = SNIPPET_CHARS * 4
     while True:
-        snippet = _WS_RE.sub(" ", text[:window]).strip()
+        snippet = " ".join(text[:window].split())  # str.split: the same whitespace as \s, in C
         if len(snippet) >= SNIPPET_CHARS or window >= len(text):
             return snippet[:SNIPPET_CHARS]
         window *= 4
