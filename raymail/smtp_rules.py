@@ -32,7 +32,8 @@ def rcpt_reply(address: str, is_local_domain: Callable[[str], bool], user_exists
 
 def bare_line_ending(data: bytes) -> bool:
     """True when a CR or LF appears other than as CRLF (the SMTP smuggling vector)."""
-    return data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n")
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") != crlf or data.count(b"\r") != crlf
 
 
 def trace_headers(*, mail_from: str, helo: str, peer_ip: str, hostname: str, queue_id: str, recipient: str | None,
