@@ -254,3 +254,44 @@ async def test_intake_events_reach_the_event_log(app):
     rows = await event_rows(app, lambda r: r["sender"] == "events@elsewhere.test" and r["event"] == "rejected")
     mine = [(r["event"], r["smtp_code"], r["recipient_domain"]) for r in rows if r["sender"] == "events@elsewhere.test"]
     assert ("accepted", 250, "example.test") in mine and ("rejected", 550, "example.test") in mine
+
+
+def _replies(f, n: int) -> list[bytes]:
+    """The next ``n`` complete replies (multi-line ones joined) from a socket file."""
+    out = []
+    while len(out) < n:
+        lines = []
+        while True:
+            line = f.readline()
+            assert line, f"connection closed after {out!r}"
+            lines.append(line)
+            if line[3:4] != b"-":
+                break
+        out.append(b"".join(lines))
+    return out
+
+
+async def test_pipelining_is_offered_and_a_pipelined_group_is_answered_in_order(app):
+    bob = app.user()
+    with socket.create_connection(("127.0.0.1", app.deployment.smtp_port), timeout=10) as sock:
+        f = sock.makefile("rb")
+        assert _replies(f, 1)[0].startswith(b"220")
+        sock.sendall(b"EHLO client.test\r\n")
+        ehlo = _replies(f, 1)[0]
+        assert b"250-PIPELINING\r\n" in ehlo and ehlo.rstrip().endswith(b"250 HELP")
+        # One packet: MAIL, a refused RCPT, a good RCPT, DATA; the content goes after
+        # the 354, then the next transaction's MAIL rides with the end of data.
+        sock.sendall(b"MAIL FROM:<zed@elsewhere.test>\r\nRCPT TO:<nobody-at-all@example.test>\r\n"
+                     + f"RCPT TO:<{bob['email']}>\r\n".encode() + b"DATA\r\n")
+        mail, bad, good, data = _replies(f, 4)
+        assert (mail[:3], bad[:3], good[:3], data[:3]) == (b"250", b"550", b"250", b"354")
+        sock.sendall(raw_message(bob["email"], "pipelined") + b".\r\nMAIL FROM:<zed@elsewhere.test>\r\n"
+                     + b"RCPT TO:<nobody-at-all@example.test>\r\nDATA\r\n")
+        stored, mail2, bad2, data2 = _replies(f, 4)
+        assert stored.startswith(b"250 2.0.0") and mail2[:3] == b"250" and bad2[:3] == b"550"
+        assert data2[:3] in (b"503", b"554")  # no valid recipient: no 354, so no content follows
+        sock.sendall(b"QUIT\r\n")
+        assert _replies(f, 1)[0].startswith(b"221")
+    async with app.client(bob["token"]) as c:
+        page = (await c.get("/v1/emails")).json()
+        assert [e["subject"] for e in page["emails"]] == ["pipelined"]
