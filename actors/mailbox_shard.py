@@ -288,13 +288,12 @@ class MailboxShard:
         """Events go to the gateways holding a WebSocket for their user (and to any
         gateway whose sockets this shard has not learned yet), fire and forget."""
         per_gateway: dict[str, list[tuple[str, dict]]] = {}
-        unsynced = self._unsynced
         for uid, ev in events:
-            names = self._subs.get(uid)
-            if not names and not unsynced:
+            targets = self._subs.get(uid, frozenset()) | self._unsynced
+            if not targets:
                 continue
             item = (uid, ev.to_dict())
-            for name in (names | unsynced) if names and unsynced else (names or unsynced):
+            for name in targets:
                 per_gateway.setdefault(name, []).append(item)
         if not per_gateway:
             return

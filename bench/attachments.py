@@ -106,20 +106,19 @@ def sha256_only(data: bytes) -> float:
 
 
 async def api_copy(c: httpx.AsyncClient, data: bytes) -> tuple[float, float, str]:
-    if True:
-        t0 = time.perf_counter()
-        r = await c.post("/v1/attachments", content=data, headers={"Content-Type": "application/octet-stream"})
-        up = time.perf_counter() - t0
-        assert r.status_code == 201, r.text
-        aid = r.json()["id"]
-        t0 = time.perf_counter()
-        n = 0
-        async with c.stream("GET", f"/v1/attachments/{aid}") as resp:
-            async for chunk in resp.aiter_bytes(1 << 20):
-                n += len(chunk)
-        down = time.perf_counter() - t0
-        assert n == len(data)
-        return up, down, aid
+    t0 = time.perf_counter()
+    r = await c.post("/v1/attachments", content=data, headers={"Content-Type": "application/octet-stream"})
+    up = time.perf_counter() - t0
+    assert r.status_code == 201, r.text
+    aid = r.json()["id"]
+    t0 = time.perf_counter()
+    n = 0
+    async with c.stream("GET", f"/v1/attachments/{aid}") as resp:
+        async for chunk in resp.aiter_bytes(1 << 20):
+            n += len(chunk)
+    down = time.perf_counter() - t0
+    assert n == len(data)
+    return up, down, aid
 
 
 def throughput(dep, cfg, token: str, size: int, count: int) -> dict:

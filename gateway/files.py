@@ -208,13 +208,11 @@ class FilesApi:
                 return b"", None
             fh = await asyncio.to_thread(blobs.reader, ref.blob, start, stop)
             return await asyncio.to_thread(fh.read, min(READ_CHUNK_BYTES, stop - start)), fh
-        except BlobMissing as exc:
-            if fh is not None:
-                await asyncio.to_thread(fh.close)
-            raise Gone("the attachment's content is missing from storage", code="content_missing") from exc
         except StorageError as exc:
             if fh is not None:
                 await asyncio.to_thread(fh.close)
+            if isinstance(exc, BlobMissing):
+                raise Gone("the attachment's content is missing from storage", code="content_missing") from exc
             raise Unavailable("attachment storage is unavailable; retry later") from exc
 
     async def _stream(self, fh: BlobReader | None, first: bytes, pos: int, stop: int) -> AsyncIterator[bytes]:

@@ -221,13 +221,13 @@ class ActorLink:
         return await getattr(self.handle, self.method).remote(payload)
 
     async def _client(self) -> LinkClient | None:
-        import ray
-        from ray.exceptions import RayError
-
         if self.client is not None and not self.client.closed:
             return self.client
         if time.monotonic() < self._next_try:
             return None
+        import ray
+        from ray.exceptions import RayError
+
         async with self._lock:
             if self.client is not None and not self.client.closed:
                 return self.client

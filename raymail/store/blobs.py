@@ -67,7 +67,7 @@ class Upload:
         self.kind = kind
         self.sha = hashlib.sha256()
         self.size = 0
-        self.tmp = f"{store.root}/tmp/{uuid.uuid4().hex}"
+        self.tmp = f"{store.root}/tmp/{uuid.uuid4().hex}" if store.local else ""  # a local upload's file
         # On an object store, a blob that fits in one part is kept in memory and PUT
         # under its final key at commit; a larger one is spooled to a local
         # file (memory stays bounded) and sent under its final key at commit as a
