@@ -79,15 +79,19 @@ async def test_kill_shard_mid_send_loses_and_duplicates_nothing(ray_cluster, tmp
         assert all(st["recovered"]["snapshot"] or st["recovered"]["replayed_ops"] for st in stats), stats
         # Writes went over the same-host link; after the restarts the gateway found the
         # new incarnations' links again (their counters start from zero).
-        await asyncio.sleep(1.1)  # the gateway retries a lost link after a second
-        for i in range(8):
+        # (the gateway tries a lost link again after a second: keep sending until it has)
+        for i in range(200):
             async with app.client(senders[i % 4]["token"]) as c:
                 r = await c.post("/v1/send", json={"subject": "after", "recipients": [rcpts[i % 4]["email"]],
                                                    "body": "x"})
                 assert r.status_code == 201, r.text
+            shard_stats = ray.get([s.stats.remote() for s in app.deployment.shards])
+            if all(st["link_calls"] > 0 for st in shard_stats):
+                break
+            await asyncio.sleep(0.1)
         router = ray.get(app.deployment.gateways[0].stats.remote())["router"]
         assert router["link_calls"] > 0, router
-        assert all(st["link_calls"] > 0 for st in ray.get([s.stats.remote() for s in app.deployment.shards]))
+        assert all(st["link_calls"] > 0 for st in shard_stats), shard_stats
     finally:
         app.deployment.stop()
 

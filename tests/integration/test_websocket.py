@@ -146,8 +146,15 @@ def _push_calls(app) -> dict[str, int]:
     return {st["name"]: st["push_calls"] for st in ray.get([g.stats.remote() for g in app.deployment.gateways])}
 
 
+def _subscribed_users(app) -> int:
+    import ray
+
+    return sum(st["subscribed_users"] for st in ray.get([s.stats.remote() for s in app.deployment.shards]))
+
+
 async def test_shards_push_only_to_gateways_holding_a_socket_for_the_user(app):
     alice, bob, carol = app.user(), app.user(), app.user()
+    subscribed = _subscribed_users(app)
     ws = await _ws_on_gateway(app, bob["token"], "gateway-1")
     try:
         before = _push_calls(app)
@@ -161,7 +168,11 @@ async def test_shards_push_only_to_gateways_holding_a_socket_for_the_user(app):
         assert after["gateway-0"] == before["gateway-0"]  # bob's socket is on the other process
     finally:
         await ws.close()
-    await asyncio.sleep(0.5)  # the unsubscribe is fire and forget
+    for _ in range(100):  # the unsubscribe is fire and forget
+        if _subscribed_users(app) == subscribed:
+            break
+        await asyncio.sleep(0.1)
+    assert _subscribed_users(app) == subscribed
     before = _push_calls(app)
     await _send(app, alice["token"], bob["email"], 2, "bob is away")
     await asyncio.sleep(0.3)
