@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import quopri
+import re
 import uuid
 from dataclasses import dataclass
 from email import policy
@@ -188,6 +189,11 @@ class Parsed:
 
 def parse(raw: bytes) -> Parsed:
     """Read a message defensively: malformed parts become empty text, never an exception."""
+    fast = _parse_plain(raw)
+    return fast if fast is not None else _parse_full(raw)
+
+
+def _parse_full(raw: bytes) -> Parsed:
     msg = BytesParser(policy=policy.default).parsebytes(raw)
     # raw_items() skips the structured-header parsers, which raise on some broken
     # values (``Message-ID: <``); each value is decoded on its own, safely.
@@ -213,6 +219,70 @@ def parse(raw: bytes) -> Parsed:
 
 ADDRESS_HEADERS = frozenset({"from", "sender", "reply-to", "to", "cc", "bcc"})
 
+# A header line as the stdlib's parser takes it: a name of printable characters
+# other than the colon, then a colon; continuation lines start with a space or tab.
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+# text/plain with simple parameters and nothing else.
+_PLAIN_TYPE = re.compile(r'\s*text/plain\s*(?:;\s*[A-Za-z0-9_.-]+\s*=\s*(?:"[^"\\\r\n]*"|[^\s;"]+)\s*)*;?\s*', re.I)
+_CHARSET = re.compile(r';\s*charset\s*=\s*"?([^\s;"]+)', re.I)
+_PLAIN_CHARSETS = {"us-ascii": "ascii", "ascii": "ascii", "utf-8": "utf-8", "utf8": "utf-8"}
+
+
+def _parse_plain(raw: bytes) -> Parsed | None:
+    """The common simple case without the stdlib's parser (a tenth of its cost): an
+    ASCII header block with CRLF line ends and a single text/plain body in 7bit or
+    8bit, in US-ASCII or UTF-8. Gives exactly what the full parse gives (tested side
+    by side); anything else returns None and takes the full parse."""
+    end = raw.find(b"\r\n\r\n")
+    if end <= 0:
+        return None
+    block = raw[:end]
+    if not block.isascii() or block.count(b"\n") != block.count(b"\r") or block.count(b"\r\n") != block.count(b"\n"):
+        return None
+    lines = block.split(b"\r\n")
+    items: list[list[bytes]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not items:
+                return None
+            items[-1].append(line)
+        elif _HEADER_LINE.match(line) and not line.startswith(b"From "):
+            items.append([line])
+        else:
+            return None
+    headers: list[tuple[str, str]] = []
+    ctype = cte = None
+    for item in items:
+        name, _, first = item[0].decode("ascii").partition(":")
+        value = "".join([first.lstrip(" \t"), *(x.decode("ascii") for x in item[1:])])
+        low = name.lower()
+        if low == "content-type":
+            if ctype is not None:
+                return None
+            ctype = value
+        elif low == "content-transfer-encoding":
+            if cte is not None:
+                return None
+            cte = value
+        headers.append((name, _address_header(value) if low in ADDRESS_HEADERS else _header_value(value)))
+    charset = "ascii"
+    if ctype is not None:
+        if not _PLAIN_TYPE.fullmatch(ctype):
+            return None
+        m = _CHARSET.search(ctype)
+        if m is not None:
+            charset = _PLAIN_CHARSETS.get(m.group(1).lower())
+            if charset is None:
+                return None
+    if cte is not None and cte.strip().lower() not in ("7bit", "8bit"):
+        return None
+    body = raw[end + 4:]
+    if b"\r" in body and body.count(b"\r") != body.count(b"\r\n"):
+        return None
+    subject = next((v for k, v in headers if k.lower() == "subject"), "")
+    text = body.decode(charset, errors="replace").replace("\r\n", "\n")
+    return Parsed(subject=subject, text=text, html=None, headers=headers, attachments=[])
+
 
 def _address_header(value: str) -> str:
     """An address header for display: the addresses exactly as sent, only their
@@ -220,6 +290,9 @@ def _address_header(value: str) -> str:
     address, so ``=?utf-8?q?ceo=40bank.test?=`` must not show as ceo@bank.test
     (sender authentication judges the address as sent, too)."""
     text = _header_value_raw(value)
+    plain = _PLAIN_ADDRESS.fullmatch(text)
+    if plain is not None:  # one bare address, with or without angle brackets
+        return plain.group(1) or plain.group(2)
     try:
         pairs = getaddresses([text])
     except Exception:  # noqa: BLE001 - unreadable: shown as received
@@ -236,6 +309,9 @@ def _quoted(name: str, addr: str) -> str:
     return f'"{escaped}" <{addr}>'
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"[ \t]*(?:<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+                            rf"|({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*))[ \t]*")
 _SPECIALS = frozenset('()<>[]:;@\\,."')
 
 
@@ -251,6 +327,8 @@ def _header_value(value: str) -> str:
     if not text.isascii():
         # 8-bit header bytes arrive surrogate-escaped: read them as UTF-8 (RFC 6532).
         text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if "=?" not in text:  # no encoded word: make_header would give the text back
+        return text.replace("\r\n", "").replace("\n", "")
     try:
         return str(make_header(decode_header(text))).replace("\r\n", "").replace("\n", "")
     except Exception:  # noqa: BLE001 - undecodable: show it as received

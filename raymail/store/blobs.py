@@ -198,6 +198,7 @@ class BlobStore:
             self.fs.retries = 3  # s3fs's own retry loop, on top of botocore's
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         self.spool_dir = spool_dir
+        self._made_dirs: set[Path] = set()
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         elif spool_dir is not None:
@@ -215,7 +216,8 @@ class BlobStore:
         keys = [blob_key(kind, hashlib.sha256(data).hexdigest()) for data in items]
         try:
             if self.local:
-                self._put_local([(Path(self._path(k)), d) for k, d in zip(keys, items, strict=True)])
+                self._put_local([(Path(self._path(k)), d) for k, d in zip(keys, items, strict=True)],
+                                reuse=kind not in UNIQUE_KINDS)
             else:
                 paths = [self._path(k) for k in keys]
                 if kind not in UNIQUE_KINDS:  # already stored: not sent again
@@ -242,10 +244,11 @@ class BlobStore:
             self.fs.setxattr(path, raymail_reused=str(int(time.time())))
         return True
 
-    def _put_local(self, items: list[tuple[Path, bytes]]) -> None:
+    def _put_local(self, items: list[tuple[Path, bytes]], reuse: bool = True) -> None:
+        """``reuse``: look for each blob first (a new one of a unique kind is just written)."""
         fresh = []
         for p, d in items:
-            if p.exists():
+            if reuse and p.exists():
                 os.utime(p)  # reused: garbage collection's grace period restarts
             else:
                 fresh.append((p, d))
@@ -257,11 +260,16 @@ class BlobStore:
         dirs: set[Path] = set()
         renames = []
         for path, data in fresh:
-            if path.parent not in dirs and not path.parent.is_dir():
+            if path.parent not in self._made_dirs:  # fan-out directories are never removed
                 path.parent.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(path.parent)
             dirs.add(path.parent)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            write_new_file(tmp, data, fsync=not group)
+            try:
+                write_new_file(tmp, data, fsync=not group)
+            except FileNotFoundError:  # its directory was removed since: make it again
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_new_file(tmp, data, fsync=not group)
             renames.append((tmp, path))
         if group:
             self._syncfs()  # file contents are durable before any becomes visible

@@ -217,3 +217,98 @@ def test_parse_lists_attachments():
 def test_parse_malformed_structured_headers_never_raise(raw):
     p = compose.parse(raw)
     assert p.text == "body"
+
+
+# The plain-text shortcut must read a message exactly as the full parser does, and
+# leave everything it does not cover to the full parser.
+_HEAD = (b"Received: from client.example.test (client.example.test [192.0.2.7])\r\n\tby mx.example.test with ESMTP id"
+         b" 0123abcd\r\n\tfor <user@example.test>; Sun, 29 Nov 2026 10:00:00 +0000\r\n"
+         b"Return-Path: <a@b.test>\r\nFrom: <a@b.test>\r\nTo: <c@d.test>\r\n"
+         b"Date: Sun, 29 Nov 2026 10:02:00 +0000 (UTC)\r\nMessage-Id: <3884.0003.0000@vm>\r\n")
+_BODY = b"1XXXXXXXXXXXX\r\n2 line\r\n\r\n.dot line\r\n"
+PLAIN = {
+    "smtp-source": _HEAD + b"\r\n" + _BODY,
+    "subject and names": b'From: Ann Example <ann@example.test>\r\nTo: "Bo, B." <bo@example.test>, c@d.test\r\n'
+                         b"Cc: undisclosed-recipients:;\r\nSubject: hello   there\r\n\r\n" + _BODY,
+    "folded subject": b"Subject: a long\r\n  folded\r\n\tsubject\r\nTo: x@y.test\r\n\r\nbody",
+    "encoded words": b"Subject: =?utf-8?q?caf=C3=A9?= ok\r\nFrom: =?utf-8?b?w4lsaXNl?= <e@x.test>\r\n\r\nbody",
+    "encoded address": b"From: =?utf-8?q?ceo=40bank.test?=\r\n\r\nbody",
+    "text/plain utf-8 8bit": b'Content-Type: text/plain; charset="UTF-8"; format=flowed\r\n'
+                             b"Content-Transfer-Encoding: 8bit\r\nSubject: s\r\n\r\ncaf\xc3\xa9 \xe2\x82\xac\r\n",
+    "8-bit body, no charset": b"Subject: s\r\n\r\ncaf\xc3\xa9\r\n",
+    "invalid utf-8": b"Content-Type: text/plain; charset=utf-8\r\n\r\nbad \xff\xfe end\r\n",
+    "7bit, us-ascii": b"Content-Type: TEXT/PLAIN; charset=us-ascii\r\nContent-Transfer-Encoding: 7BIT\r\n\r\nplain",
+    "empty body": b"Subject: nothing\r\n\r\n",
+    "no subject": b"X-Empty:\r\nX-Spaces:    \r\n\r\nbody\r\n",
+    "quoted local part": b'From: "odd local"@example.test\r\nTo: <a.b+c@sub.example.test>\r\n\r\nbody',
+    "address with comment": b"From: a@b.test (Ann)\r\nReply-To: a@b.test, c@d.test\r\n\r\nbody",
+    "header-like body": b"Subject: s\r\n\r\nFrom: not a header\r\nX: y\r\n",
+}
+FULL_ONLY = {
+    "multipart": b'Content-Type: multipart/alternative; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b--\r\n',
+    "html": b"Content-Type: text/html; charset=utf-8\r\n\r\n<p>hi</p>",
+    "quoted-printable": b"Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9",
+    "base64": b"Content-Transfer-Encoding: base64\r\n\r\naGk=",
+    "latin-1": b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\ncaf\xe9",
+    "two content types": b"Content-Type: text/plain\r\nContent-Type: text/html\r\n\r\nx",
+    "8-bit header": b"Subject: caf\xc3\xa9\r\n\r\nbody",
+    "LF line ends": b"Subject: s\n\nbody\n",
+    "bare CR in body": b"Subject: s\r\n\r\nline\rmore\r\n",
+    "mbox From line": b"From a@b.test Sun Nov 29 10:00:00 2026\r\nSubject: s\r\n\r\nbody",
+    "continuation first": b" folded\r\nSubject: s\r\n\r\nbody",
+    "space before colon": b"Subject : s\r\n\r\nbody",
+    "no blank line": b"Subject: s\r\nbody without separator",
+    "no header block": b"\r\n\r\nbody",
+}
+
+
+@pytest.mark.parametrize("name", list(PLAIN))
+def test_plain_shortcut_reads_as_the_full_parser(name):
+    raw = PLAIN[name]
+    fast = compose._parse_plain(raw)
+    assert fast is not None, "expected the shortcut to take this message"
+    assert fast == compose._parse_full(raw)
+
+
+@pytest.mark.parametrize("name", list(FULL_ONLY))
+def test_plain_shortcut_leaves_the_rest_to_the_full_parser(name):
+    raw = FULL_ONLY[name]
+    assert compose._parse_plain(raw) is None
+    assert compose.parse(raw) == compose._parse_full(raw)
+
+
+@pytest.mark.parametrize("value", ["a@b.test", " <a@b.test> ", "<A.B+c@Sub.Example-1.test>", "x!#$%&'*+/=?^_`{|}~-@d.test",
+                                   "a@b", "<a@b.test>\t"])
+def test_plain_address_header_matches_the_address_parser(value):
+    from email.utils import getaddresses
+    assert compose._address_header(value) == ", ".join(a for _, a in getaddresses([value]) if a)
+
+
+@pytest.mark.parametrize("value", ["plain words", "tabs\tand  double  spaces", " lead", "trail ", "a\r\n folded",
+                                   "caf\udcc3\udca9", "100% = ?"])
+def test_header_without_encoded_words_is_as_make_header_gives(value):
+    from email.header import decode_header, make_header
+    text = value if value.isascii() else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        expected = str(make_header(decode_header(text)))
+    except Exception:  # noqa: BLE001 - the parser's own fallback
+        expected = text
+    assert compose._header_value(value) == expected.replace("\r\n", "").replace("\n", "")
+
+
+def test_plain_shortcut_matches_the_full_parser_on_random_messages():
+    rng = random.Random(7)
+    names = ["Subject", "From", "To", "Cc", "Reply-To", "X-Tag", "Content-Type", "Content-Transfer-Encoding", "Date"]
+    pieces = ["a@b.test", "<c@d.test>", "Ann <e@f.test>", "=?utf-8?q?x=C3=A9?=", " ", "\t", ",", ";", '"q"', "(c)",
+              "text/plain", "charset=utf-8", "7bit", "8bit", "word", ":", "<", ">", "@", "=?", "\r\n "]
+    taken = 0
+    for _ in range(2000):
+        head = b"".join(f"{rng.choice(names)}:{''.join(rng.choice(pieces) for _ in range(rng.randint(0, 5)))}\r\n".encode()
+                        for _ in range(rng.randint(1, 6)))
+        body = bytes(rng.choice(b"ab .\r\n\xc3\xa9\xff") for _ in range(rng.randint(0, 60)))
+        raw = head + b"\r\n" + body
+        fast = compose._parse_plain(raw)
+        if fast is not None:
+            taken += 1
+            assert fast == compose._parse_full(raw), raw
+    assert taken > 100  # the shortcut was exercised

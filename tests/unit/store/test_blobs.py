@@ -43,13 +43,31 @@ def test_put_returns_content_addressed_key_and_get_round_trips(store: BlobStore,
 
 
 def test_same_bytes_twice_is_one_file(store: BlobStore, root: Path):
-    k1 = store.put("msg", b"same bytes")
+    k1 = store.put("att", b"same bytes")
     inode = (root / k1).stat().st_ino
-    k2 = store.put("msg", b"same bytes")
+    k2 = store.put("att", b"same bytes")
     assert (root / k1).stat().st_ino == inode  # not written again
-    k3 = store.put("msg", b"other bytes")
+    k3 = store.put("att", b"other bytes")
     assert k1 == k2 != k3
     assert all_files(root) == sorted([root / k1, root / k3])
+
+
+def test_a_message_blob_stored_twice_is_still_one_file(store: BlobStore, root: Path):
+    # Message blobs carry their own trace headers, so they are written without
+    # looking for an existing copy first; the same bytes again replace it atomically.
+    k1 = store.put("msg", b"same bytes")
+    k2 = store.put("msg", b"same bytes")
+    assert k1 == k2
+    assert all_files(root) == [root / k1]
+    assert store.get(k1) == b"same bytes"
+
+
+def test_a_removed_fan_out_directory_is_made_again(store: BlobStore, root: Path):
+    key = store.put("msg", b"first")
+    (root / key).unlink()
+    (root / key).parent.rmdir()
+    again = store.put("msg", b"first")
+    assert store.get(again) == b"first"
 
 
 def test_no_temporary_files_are_left(store: BlobStore, root: Path):
@@ -77,11 +95,11 @@ def test_a_second_store_on_the_same_url_reads_the_blobs(root: Path):
 
 
 def test_put_many(store: BlobStore, root: Path):
-    first = store.put("msg", b"already there")
+    first = store.put("att", b"already there")
     inode = (root / first).stat().st_ino
     items = [b"one", b"two", b"one", b"already there", b""]
-    keys = store.put_many("msg", items)
-    assert keys == [blob_key("msg", hashlib.sha256(d).hexdigest()) for d in items]
+    keys = store.put_many("att", items)
+    assert keys == [blob_key("att", hashlib.sha256(d).hexdigest()) for d in items]
     assert keys[0] == keys[2] and keys[3] == first
     assert [store.get(k) for k in keys] == items
     assert (root / first).stat().st_ino == inode
