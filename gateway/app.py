@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import time
-import uuid
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,6 +37,7 @@ from raymail.errors import (
     Unavailable,
     Unprocessable,
 )
+from raymail.ids import new_id
 from raymail.model import FOLDERS, AttachmentRef, Delete, Deliver, EmailMeta, Update, User
 from raymail.outbound import classify, suppression
 from raymail.outbound import dkim as dkim_mod
@@ -203,7 +203,7 @@ class Api:
 
         def meta(uid: str, folder: str, raw_key: str, size: int, unread: bool, with_bcc: bool) -> EmailMeta:
             return EmailMeta(
-                id=stable(uid, folder) or uuid.uuid4().hex, uid=uid, message_id=delivered.message_id, folder=folder,
+                id=stable(uid, folder) or new_id(), uid=uid, message_id=delivered.message_id, folder=folder,
                 sender=sender,
                 to=req.to, cc=req.cc, bcc=req.bcc if with_bcc else (), subject=req.subject, snippet=delivered.snippet,
                 date=now, size=size, unread=unread, has_attachments=bool(files), blob=raw_key, attachments=files,
@@ -221,7 +221,7 @@ class Api:
         if remote:
             outbound = await outbound_message(
                 svc, user, delivered.raw, keys[0], delivered.message_id, remote, req.category, (),
-                stable("outbound") or uuid.uuid4().hex, now, delivered.segments, delivered.size)
+                stable("outbound") or new_id(), now, delivered.segments, delivered.size)
         results = await svc.router.apply(ops)
         for res in results:
             if not res.ok:

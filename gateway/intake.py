@@ -11,10 +11,11 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from email.utils import getaddresses, parseaddr
+from email.utils import parseaddr
 
 from gateway.services import Services
 from raymail import addresses, attachments, compose, skeleton
+from raymail.ids import new_id
 from raymail.model import Address, AttachmentRef, AuthSummary, EmailMeta
 
 
@@ -67,6 +68,9 @@ async def store_raw(svc: Services, raw: bytes) -> Stored:
 
 
 def _addr(value: str) -> Address:
+    plain = compose.plain_address(value)
+    if plain is not None:
+        return Address(email=plain, name="")
     name, email = parseaddr(value)
     return Address(email=email, name=name)
 
@@ -77,13 +81,13 @@ def meta_for(stored: Stored, uid: str, folder: str, unread: bool, received_s: fl
     headers = {}
     for k, v in stored.parsed.headers:
         headers.setdefault(k.lower(), v)
-    to = tuple(Address(email=e, name=n) for n, e in getaddresses([headers.get("to", "")]) if e)
-    cc = tuple(Address(email=e, name=n) for n, e in getaddresses([headers.get("cc", "")]) if e)
+    to = tuple(Address(email=e, name=n) for n, e in compose.address_pairs(headers.get("to", "")) if e)
+    cc = tuple(Address(email=e, name=n) for n, e in compose.address_pairs(headers.get("cc", "")) if e)
     subject = stored.parsed.subject
     if addresses.has_line_break(subject):
         subject = " ".join(subject.split())
     return EmailMeta(
-        id=email_id or uuid.uuid4().hex, uid=uid, message_id=headers.get("message-id", "").strip()[:998], folder=folder,
+        id=email_id or new_id(), uid=uid, message_id=headers.get("message-id", "").strip()[:998], folder=folder,
         sender=_addr(headers.get("from", "")), to=to, cc=cc, bcc=(), subject=subject[:998],
         snippet=compose.snippet_of(stored.parsed.text), date=received_s or time.time(), size=stored.size,
         unread=unread, has_attachments=bool(stored.refs or stored.parsed.attachments), blob=stored.blob,

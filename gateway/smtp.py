@@ -24,6 +24,7 @@ from gateway.services import Services
 from gateway.smtp_session import GuardedSMTP
 from raymail import addresses, mailauth, smtp_rules
 from raymail.errors import ApiError, StorageError
+from raymail.ids import new_id
 from raymail.model import AuthSummary, Deliver
 from raymail.ratelimit import TokenBuckets
 from raymail.smtp_admission import Admission
@@ -146,7 +147,7 @@ async def store_and_deliver(svc: Services, session: Session, envelope: Envelope,
     reply says whether it is on stable storage. With ``retry_key`` the mailbox entries
     get ids derived from it, so a retried submission lands once (shards ignore an id
     they hold)."""
-    queue_id = uuid.uuid4().hex[:16]
+    queue_id = new_id()[:16]
     now = time.time()
     reverse_path = "" if envelope.mail_from in (None, "<>") else envelope.mail_from  # aiosmtpd: "<>" for null
     trace = smtp_rules.trace_headers(

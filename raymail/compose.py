@@ -290,16 +290,25 @@ def _address_header(value: str) -> str:
     address, so ``=?utf-8?q?ceo=40bank.test?=`` must not show as ceo@bank.test
     (sender authentication judges the address as sent, too)."""
     text = _header_value_raw(value)
-    plain = _PLAIN_ADDRESS.fullmatch(text)
-    if plain is not None:  # one bare address, with or without angle brackets
-        return plain.group(1) or plain.group(2)
     try:
-        pairs = getaddresses([text])
+        pairs = address_pairs(text)
     except Exception:  # noqa: BLE001 - unreadable: shown as received
         return text
     if not any(addr for _, addr in pairs):
         return text
     return ", ".join(_quoted(_header_value(name), addr) if name else addr for name, addr in pairs if addr)
+
+
+def plain_address(value: str) -> str | None:
+    """The address when ``value`` is one bare address (with or without angle brackets)."""
+    plain = _PLAIN_ADDRESS.fullmatch(value)
+    return None if plain is None else plain.group(1) or plain.group(2)
+
+
+def address_pairs(value: str) -> list[tuple[str, str]]:
+    """``email.utils.getaddresses`` for one header value, with the bare-address shortcut."""
+    plain = plain_address(value)
+    return [("", plain)] if plain is not None else getaddresses([value])
 
 
 def _quoted(name: str, addr: str) -> str:

@@ -27,6 +27,7 @@ import fsspec
 import fsspec.asyn
 
 from raymail.errors import StorageError
+from raymail.ids import new_id
 from raymail.store.log import fsync_dir, write_new_file
 
 
@@ -264,7 +265,7 @@ class BlobStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made_dirs.add(path.parent)
             dirs.add(path.parent)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp = path.with_name(f".{path.name}.{new_id()}.tmp")
             try:
                 write_new_file(tmp, data, fsync=not group)
             except FileNotFoundError:  # its directory was removed since: make it again

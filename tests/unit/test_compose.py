@@ -312,3 +312,12 @@ def test_plain_shortcut_matches_the_full_parser_on_random_messages():
             taken += 1
             assert fast == compose._parse_full(raw), raw
     assert taken > 100  # the shortcut was exercised
+
+
+@pytest.mark.parametrize("value", ["a@b.test", "<a@b.test>", " <A.b@c-d.test> ", "Ann <a@b.test>", "a@b.test, c@d.test",
+                                   '"x y"@b.test', "a@b.test (c)", "", "<>", "no address"])
+def test_address_pairs_are_getaddresses(value):
+    from email.utils import getaddresses, parseaddr
+    assert compose.address_pairs(value) == getaddresses([value])
+    plain = compose.plain_address(value)
+    assert plain is None or ("", plain) == parseaddr(value)
