@@ -100,6 +100,10 @@ def build(
     section 3.6.3). Built with the stdlib's ``email.mime`` classes: the
     header-registry API of ``EmailMessage`` costs several times more CPU per message.
     """
+    if not html and not attachments:
+        fast = _build_plain(sender, to, cc, bcc if include_bcc else (), subject, body or "", hostname, date, message_id)
+        if fast is not None:
+            return fast
     text_part = _text_part(body or "", "plain")
     if html:
         msg: Message = MIMEMultipart("alternative", _subparts=[text_part, _text_part(html, "html")])
@@ -149,6 +153,39 @@ def build(
     segments.append(raw[pos:])
     return Composed(raw=skeleton.text_view(segments), message_id=mid, snippet=snippet, segments=segments,
                     size=skeleton.raw_size(segments))
+
+
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
+
+
+def _build_plain(sender: Address, to: tuple[Address, ...], cc: tuple[Address, ...], bcc: tuple[Address, ...],
+                 subject: str, body: str, hostname: str, date: float, message_id: str | None) -> Composed | None:
+    """What ``build`` makes of a text-only message, written directly (a tenth of the
+    cost of the ``email`` generator): the same bytes, tested side by side. None when a
+    header needs folding or encoding, which the generator then does."""
+    mid = message_id or make_msgid(domain=hostname)
+    headers = [("Message-ID", mid), ("Date", formatdate(date, usegmt=True)), ("From", _address_text(sender))]
+    if to:
+        headers.append(("To", _address_list(to)))
+    if cc:
+        headers.append(("Cc", _address_list(cc)))
+    if bcc:
+        headers.append(("Bcc", _address_list(bcc)))
+    if not to and not cc:
+        headers.append(("To", "undisclosed-recipients:;"))
+    headers.append(("Subject", subject))
+    if not all(value.isascii() and len(name) + len(value) + 2 <= _GENERATE.max_line_length for name, value in headers):
+        return None
+    if body.isascii() and max(map(len, body.splitlines()), default=0) <= 998:
+        cte, payload = "7bit", body
+    else:
+        cte, payload = "quoted-printable", quopri.encodestring(body.encode("utf-8")).decode("ascii")
+    # Every line end becomes CRLF, as the generator writes them.
+    payload = payload.replace("\n", "\r\n") if "\r" not in payload else _LINE_ENDS.sub("\r\n", payload)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    raw = (f'{head}Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n'
+           f"MIME-Version: 1.0\r\n\r\n{payload}").encode("ascii")
+    return Composed(raw=raw, message_id=mid, snippet=snippet_of(body), size=len(raw))
 
 
 def _attachment_part(ref: AttachmentRef, token: str) -> MIMEBase:

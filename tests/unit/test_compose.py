@@ -321,3 +321,32 @@ def test_address_pairs_are_getaddresses(value):
     assert compose.address_pairs(value) == getaddresses([value])
     plain = compose.plain_address(value)
     assert plain is None or ("", plain) == parseaddr(value)
+
+
+def test_text_only_build_shortcut_gives_the_generators_bytes(monkeypatch):
+    rng = random.Random(11)
+    names = ["", "Ann", "Ann Example", "Ann, Jr.", 'Q"uote', "Zoë", "x" * 70]
+    lines = ["plain line", "", ".dot first", "From the start", "tab\there", "café", "x" * 1200, "  ", "=3D", "end."]
+    ends = ["\n", "\r\n", "\r", ""]
+
+    def addr(i: int) -> Address:
+        return Address(f"user{i}@d{i % 7}.example.test", rng.choice(names))
+
+    cases = []
+    for i in range(400):
+        body = "".join(rng.choice(lines) + rng.choice(ends) for _ in range(rng.randint(0, 8)))
+        cases.append(dict(
+            sender=addr(i), to=tuple(addr(i + k) for k in range(rng.randint(0, 3))),
+            cc=tuple(addr(i + 10 + k) for k in range(rng.randint(0, 2))), bcc=tuple(addr(i + 20) for _ in range(rng.randint(0, 1))),
+            subject=rng.choice(["", "hello", "Grüße", "s" * 60, "s" * 80, "re: [list] a: b"]), body=body, html=None,
+            hostname="mail.example.test", date=DATE + i, message_id=f"<m{i}@mail.example.test>",
+            include_bcc=rng.random() < 0.5))
+    fast = [compose.build(**c) for c in cases]
+    monkeypatch.setattr(compose, "_build_plain", lambda *a, **k: None)
+    slow = [compose.build(**c) for c in cases]
+    assert [f.raw for f in fast] == [s.raw for s in slow]
+    assert [(f.snippet, f.size, f.message_id) for f in fast] == [(s.snippet, s.size, s.message_id) for s in slow]
+    monkeypatch.undo()
+    taken = sum(compose._build_plain(c["sender"], c["to"], c["cc"], c["bcc"] if c["include_bcc"] else (), c["subject"],
+                                     c["body"], c["hostname"], c["date"], c["message_id"]) is not None for c in cases)
+    assert taken > 100  # the shortcut was exercised
