@@ -11,15 +11,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import aiosmtplib
-
 from raymail import codec, skeleton
 from raymail.config import Config
 from raymail.dns import DnsTempError, NullMx, Resolver
-from raymail.errors import StorageError
+from raymail.errors import ConnectionLost, SmtpClientError, StorageError
 from raymail.outbound import retry
 from raymail.outbound.dispatch import Held, Key
 from raymail.outbound.records import OutboundMessage
+from raymail.outbound.smtp_client import SmtpClient
 from raymail.store.blobs import BlobMissing, BlobStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def sender_name(pool: str, ip: str) -> str:
 
 @dataclass
 class _Conn:
-    smtp: Any
+    smtp: SmtpClient
     where: str
     sent: int = 0
     idle_since: float = 0.0
@@ -315,7 +314,7 @@ class SenderActor:
                     if raw is None:
                         continue
                     if conn is not None and conn.sent >= self.ob.messages_per_connection:
-                        await self._close(conn.smtp)
+                        await conn.smtp.quit()
                         conn = None
                     if conn is None:
                         conn = self._cached(domain)
@@ -331,7 +330,7 @@ class SenderActor:
                     conn.sent += 1
                     await self._report(results)
                     if not alive:  # the next message gets a fresh connection
-                        await self._close(conn.smtp)
+                        await conn.smtp.quit()
                         conn = None
             except BaseException:
                 if conn is not None:
@@ -342,7 +341,7 @@ class SenderActor:
                     conn.idle_since = time.monotonic()
                     self.idle[domain].append(conn)
                 else:
-                    await self._close(conn.smtp)
+                    await conn.smtp.quit()
 
     def _cached(self, domain: str) -> _Conn | None:
         """An idle connection to the domain from an earlier batch (Postfix's connection cache)."""
@@ -364,64 +363,34 @@ class SenderActor:
                 if not self.idle[domain]:
                     del self.idle[domain]
                 for c in stale:
-                    await self._close(c.smtp)
+                    await c.smtp.quit()
 
-    async def _connect(self, targets: list[tuple[str, int]]) -> tuple[Any, str, str]:
+    async def _connect(self, targets: list[tuple[str, int]]) -> tuple[SmtpClient | None, str, str]:
         why = "4.4.1 no mail exchanger reachable"
         for host, port in targets:
-            for tls in (None, False):  # STARTTLS when offered; plain again if its handshake fails
-                smtp = aiosmtplib.SMTP(hostname=host, port=port, source_address=(self.ip, 0),
-                                       local_hostname=self.config.server.hostname, timeout=self.ob.smtp_timeout_s,
-                                       start_tls=tls, validate_certs=False, tls_context=_OPPORTUNISTIC)
-                try:
-                    await smtp.connect()
-                    self.connections += 1
-                    return smtp, f"{host}:{port}", ""
-                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                    why = f"4.4.1 connect to {host}:{port} from {self.ip} failed: {exc}"
-                    smtp.close()
-                    if not _tls_failure(exc):
-                        break
+            try:
+                smtp = await SmtpClient.connect(host, port, source_ip=self.ip, tls_context=_OPPORTUNISTIC,
+                                                local_hostname=self.config.server.hostname,
+                                                timeout_s=self.ob.smtp_timeout_s)
+                self.connections += 1
+                return smtp, f"{host}:{port}", ""
+            except SmtpClientError as exc:
+                why = f"4.4.1 connect to {host}:{port} from {self.ip} failed: {exc}"
         return None, "", why
 
-    async def _close(self, smtp: Any) -> None:
-        try:
-            if smtp.is_connected:
-                await asyncio.wait_for(smtp.quit(), 5)
-        except Exception:  # noqa: BLE001
-            smtp.close()
-
-    async def _send(self, smtp: Any, job: _Job, raw: bytes, where: str) -> tuple[list[tuple[str, str, int, str]], bool]:
+    async def _send(self, smtp: SmtpClient, job: _Job, raw: bytes,
+                    where: str) -> tuple[list[tuple[str, str, int, str]], bool]:
         """One transaction; returns per-recipient results and whether the connection is usable."""
-        mid = job.msg.id
-        results: dict[str, tuple[int, str]] = {}
+        lost = ""
         try:
-            await smtp.mail(job.msg.sender_email)
-            accepted = []
-            for r in job.rcpts:
-                try:
-                    await smtp.rcpt(r)
-                    accepted.append(r)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    results[r] = (exc.code, f"{exc.message} (from {where})")
-            if accepted:
-                resp = await smtp.data(raw)
-                for r in accepted:
-                    results[r] = (resp.code, f"{resp.message} (from {where})")
-                self.sent += 1
-            else:
-                await smtp.rset()
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError, TimeoutError) as exc:
-            return [(mid, r, *results.get(r, (retry.CONNECT_FAILED, f"4.4.2 connection to {where} lost: {exc!r}")))
-                    for r in job.rcpts], False
-        except aiosmtplib.SMTPResponseException as exc:  # MAIL or DATA refused: for every recipient left
-            for r in job.rcpts:
-                results.setdefault(r, (exc.code, f"{exc.message} (from {where})"))
-            try:
-                await smtp.rset()
-            except Exception:  # noqa: BLE001
-                return [(mid, r, *results[r]) for r in job.rcpts], False
-        return [(mid, r, *results[r]) for r in job.rcpts], True
+            replies = await smtp.send(job.msg.sender_email, job.rcpts, raw)
+        except ConnectionLost as exc:  # the recipients refused before it broke keep their refusal
+            replies, lost = exc.replies, f"4.4.2 connection to {where} lost: {exc!r}"
+        if any(reply.ok for reply in replies.values()):
+            self.sent += 1
+        results = [(job.msg.id, r, reply.code, f"{reply.text} (from {where})") if (reply := replies.get(r))
+                   else (job.msg.id, r, retry.CONNECT_FAILED, lost) for r in job.rcpts]
+        return results, not lost and smtp.is_connected
 
     def stats(self) -> dict:
         return {"pool": self.pool, "ip": self.ip, "pid": os.getpid(), "sent": self.sent,
@@ -432,10 +401,6 @@ class _Fail(Exception):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(text)
         self.code, self.text = code, text
-
-
-def _tls_failure(exc: BaseException) -> bool:
-    return isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError) or "tls" in str(exc).lower()
 
 
 def _opportunistic_context() -> ssl.SSLContext:

@@ -13,7 +13,10 @@
     │   ├── Unprocessable      422 well-formed but not acceptable
     │   ├── RateLimited        429 with retry_after_s
     │   └── Unavailable        503 a backend did not answer in time
-    └── StorageError           blob storage failed (mapped from fsspec/OS errors)
+    ├── StorageError           blob storage failed (mapped from fsspec/OS errors)
+    └── SmtpClientError        an outbound SMTP session failed (mapped from OS/TLS errors)
+        ├── ConnectFailed      no session: connect, greeting or EHLO/HELO refused
+        └── ConnectionLost     the session broke: closed, timed out, or not SMTP
 
 Third-party errors are mapped to these at the boundary (``raise X from exc``).
 """
@@ -31,6 +34,23 @@ class ConfigError(RaymailError):
 
 class StorageError(RaymailError):
     """Blob storage could not complete an operation."""
+
+
+class SmtpClientError(RaymailError):
+    """An outbound SMTP session failed."""
+
+
+class ConnectFailed(SmtpClientError):
+    """No SMTP session could be opened with the server."""
+
+
+class ConnectionLost(SmtpClientError):
+    """The session broke mid-way. ``replies`` holds the recipients' replies already
+    known when it broke (each refused RCPT); the rest have none."""
+
+    def __init__(self, message: str, replies: dict | None = None) -> None:
+        super().__init__(message)
+        self.replies = replies or {}
 
 
 class ApiError(RaymailError):
