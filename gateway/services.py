@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -46,13 +47,14 @@ class Services:
         self._by_token: dict[str, tuple[User, float]] = {}
         self._by_email: dict[str, tuple[User, float]] = {}
         self._dkim: dict[str, tuple[DomainKey | None, float, int]] = {}
+        self._key_dir = str(key_dir(self.config.data_path))  # resolved once: a stat per send, not a realpath
 
     def dkim_key(self, domain: str) -> DomainKey | None:
         """The domain's DKIM key: re-read every 30 s, or at once when the key directory
         changes (``raymail domain add`` takes effect without a restart)."""
         now = time.monotonic()
         try:
-            stamp = key_dir(self.config.data_path).stat().st_mtime_ns
+            stamp = os.stat(self._key_dir).st_mtime_ns
         except FileNotFoundError:
             stamp = 0
         hit = self._dkim.get(domain)
