@@ -302,7 +302,8 @@ class SmtpClient:
         elif reply.ok:
             for line in reply.text.split("\n")[1:]:
                 keyword, _, value = line.partition(" ")
-                self.extensions[keyword.upper()] = value
+                if keyword:
+                    self.extensions[keyword.upper()] = value
         if not reply.ok:
             raise ConnectFailed(f"EHLO/HELO refused: {reply.code} {reply.text}")
 
