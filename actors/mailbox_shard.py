@@ -87,7 +87,7 @@ class MailboxShard:
         log.info("shard %d recovered: %s", index, self.recovered)
         self._committer = asyncio.get_event_loop().create_task(self._commit_index_loop())
         # Gateways on this host send their writes here rather than through Ray.
-        self._link = LinkServer(self.apply_batch, f"shard-{index}")
+        self._link = LinkServer({"apply_batch": self.apply_batch}, f"shard-{index}")
         self._link_started = asyncio.get_event_loop().create_task(self._link.start())
         self._learning = asyncio.get_event_loop().create_task(self._learn_subscriptions())
 

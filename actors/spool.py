@@ -117,7 +117,7 @@ class OutboundSpool:
             self._report_bounces(mid)
         self._task = asyncio.get_event_loop().create_task(self._dispatch_loop())
         # Gateways on this host hand over their outbound records here rather than through Ray.
-        self._link = LinkServer(self._enqueue_from_link, "spool")
+        self._link = LinkServer({"enqueue": self._enqueue_from_link, "report_batch": self._report_from_link}, "spool")
         self._link_started = asyncio.get_event_loop().create_task(self._link.start())
 
     # -- queues ---------------------------------------------------------------
@@ -214,7 +214,7 @@ class OutboundSpool:
 
     # -- from gateways ----------------------------------------------------------
     async def link_endpoint(self) -> tuple[str, str]:
-        """(node id, socket address) of this spool's same-host path for ``enqueue``."""
+        """(node id, socket address) of this spool's same-host path for ``enqueue`` and ``report_batch``."""
         import ray
 
         await self._link_started
@@ -327,6 +327,15 @@ class OutboundSpool:
         if lost:
             log.warning("outbound: %s renewed %d leases it no longer holds; it drops them", ip, len(lost))
         return lost
+
+    async def _report_from_link(self, encoded: bytes) -> bytes:
+        return str(await self.report_batch(encoded)).encode()
+
+    async def report_batch(self, encoded: bytes) -> int:
+        """``report`` with a codec-encoded ``(ip, results)``: what senders call (over
+        this spool's link when they share its host)."""
+        ip, results = codec.decode(encoded)
+        return await self.report(ip, [tuple(r) for r in results])
 
     async def report(self, ip: str, results: list[tuple[str, str, int, str]]) -> int:
         """Outcomes from a sender: (message id, recipient, SMTP code, text). Returns once

@@ -1,5 +1,5 @@
 """A same-host fast path for calls that carry mail in bulk (gateway -> mailbox shard,
-gateway -> outbound spool).
+gateway -> outbound spool, sender -> outbound spool).
 
 A Ray call costs 1-3 ms on an idle machine and about 10 ms when both processes are
 busy: the request and the reply each cross Ray's own threads and wait for the GIL
@@ -9,10 +9,11 @@ event loop to the other with nothing in between. Ray stays the control plane: it
 places, restarts and names the actors, tells the caller where the socket is, and
 carries every call when the socket cannot (another host, a restart in progress).
 
-Wire format, both ways: a frame header then the payload. Requests
-``>IQ`` (payload length, request id); replies ``>IQB`` (length, request id,
-status 0 = ok, 1 = the handler failed and the payload is its message). Requests are
-started in the order they arrive, replies go out as they finish.
+One socket serves several methods of its actor. Wire format: a frame header, then
+the payload. Requests ``>IQB`` (payload length, request id, length of the method's
+name) then the method's name (ASCII) and the payload; replies ``>IQB`` (length,
+request id, status 0 = ok, 1 = the handler failed and the payload is its message).
+Requests are started in the order they arrive, replies go out as they finish.
 
 The socket lives in Linux's abstract namespace (no file to clean up) and admits
 only processes of the same OS user (``SO_PEERCRED``): nobody else on the host can
@@ -35,7 +36,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_REQ = struct.Struct(">IQ")
+_REQ = struct.Struct(">IQB")
 _REP = struct.Struct(">IQB")
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 OK, FAILED = 0, 1
@@ -57,10 +58,10 @@ def peer_uid(sock: socket.socket) -> int:
 
 
 class LinkServer:
-    """Serves ``handler(payload) -> reply`` on an abstract Unix socket."""
+    """Serves ``handlers[method](payload) -> reply`` on an abstract Unix socket."""
 
-    def __init__(self, handler: Callable[[bytes], Awaitable[bytes]], name: str) -> None:
-        self.handler = handler
+    def __init__(self, handlers: dict[str, Callable[[bytes], Awaitable[bytes]]], name: str) -> None:
+        self.handlers = {m.encode("ascii"): h for m, h in handlers.items()}
         self.address = f"\0raymail-{name}-{uuid.uuid4().hex}"
         self.served = 0
         self.refused = 0
@@ -90,14 +91,15 @@ class LinkServer:
         tasks: set[asyncio.Task] = set()
         try:
             while True:
-                length, req_id = _REQ.unpack(await reader.readexactly(_REQ.size))
+                length, req_id, name_len = _REQ.unpack(await reader.readexactly(_REQ.size))
                 if length > MAX_FRAME_BYTES:
                     log.warning("link %s: a %d-byte frame is over the limit; closing", self.address[1:], length)
                     break
+                method = await reader.readexactly(name_len)
                 payload = await reader.readexactly(length)
                 # Started in arrival order: the handler's synchronous part runs in
                 # that order, as Ray runs the calls of one caller.
-                task = asyncio.ensure_future(self._serve(writer, req_id, payload))
+                task = asyncio.ensure_future(self._serve(writer, req_id, method, payload))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -107,9 +109,12 @@ class LinkServer:
                 await asyncio.gather(*tasks, return_exceptions=True)
             writer.close()
 
-    async def _serve(self, writer: asyncio.StreamWriter, req_id: int, payload: bytes) -> None:
+    async def _serve(self, writer: asyncio.StreamWriter, req_id: int, method: bytes, payload: bytes) -> None:
         try:
-            reply, status = await self.handler(payload), OK
+            handler = self.handlers.get(method)
+            if handler is None:
+                raise LookupError(f"no method {method.decode('ascii', 'replace')!r} on this link")
+            reply, status = await handler(payload), OK
         except Exception as exc:  # noqa: BLE001 - the caller hears of it
             log.exception("link %s: the handler failed", self.address[1:])
             reply, status = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace"), FAILED
@@ -141,13 +146,14 @@ class LinkClient:
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_STREAM_LIMIT)
         return cls(reader, writer)
 
-    async def call(self, payload: bytes) -> bytes:
+    async def call(self, method: str, payload: bytes) -> bytes:
         if self.closed:
             raise LinkLost("the link is closed")
         req_id = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
-        self._writer.writelines([_REQ.pack(len(payload), req_id), payload])
+        name = method.encode("ascii")
+        self._writer.writelines([_REQ.pack(len(payload), req_id, len(name)), name, payload])
         try:
             await self._writer.drain()
         except ConnectionError as exc:
@@ -212,7 +218,7 @@ class ActorLink:
         client = await self._client()
         if client is not None:
             try:
-                reply = await client.call(payload)
+                reply = await client.call(self.method, payload)
                 self.link_calls += 1
                 return reply
             except LinkLost as exc:

@@ -13,7 +13,7 @@ from raymail.link import _REQ, MAX_FRAME_BYTES, LinkClient, LinkLost, LinkServer
 
 
 async def serve(handler) -> LinkServer:
-    server = LinkServer(handler, "test")
+    server = LinkServer({"m": handler}, "test")
     await server.start()
     return server
 
@@ -27,9 +27,10 @@ async def test_calls_are_answered_and_matched_to_their_replies():
     client = await LinkClient.connect(server.address)
     try:
         # The slow call is answered last but every caller gets its own reply.
-        assert await asyncio.gather(client.call(b"slow"), client.call(b"a"), client.call(b"")) == [b"SLOW", b"A", b""]
+        calls = [client.call("m", b"slow"), client.call("m", b"a"), client.call("m", b"")]
+        assert await asyncio.gather(*calls) == [b"SLOW", b"A", b""]
         big = os.urandom(3 * 1024 * 1024)
-        assert await client.call(big) == big.upper()
+        assert await client.call("m", big) == big.upper()
         assert server.served == 4
     finally:
         client.close()
@@ -48,7 +49,7 @@ async def test_handlers_start_in_the_order_the_calls_were_sent():
     client = await LinkClient.connect(server.address)
     try:
         sent = [str(i).encode() for i in range(10)]
-        assert await asyncio.gather(*(client.call(p) for p in sent)) == sent
+        assert await asyncio.gather(*(client.call("m", p) for p in sent)) == sent
         assert started == sent
     finally:
         client.close()
@@ -65,8 +66,28 @@ async def test_a_failing_handler_is_reported_and_the_link_stays_usable():
     client = await LinkClient.connect(server.address)
     try:
         with pytest.raises(RemoteError, match="ValueError: no such op"):
-            await client.call(b"bad")
-        assert await client.call(b"good") == b"ok"
+            await client.call("m", b"bad")
+        assert await client.call("m", b"good") == b"ok"
+    finally:
+        client.close()
+        server.close()
+
+
+async def test_one_socket_serves_each_method_by_name():
+    async def upper(payload: bytes) -> bytes:
+        return payload.upper()
+
+    async def size(payload: bytes) -> bytes:
+        return str(len(payload)).encode()
+
+    server = LinkServer({"upper": upper, "size": size}, "test")
+    await server.start()
+    client = await LinkClient.connect(server.address)
+    try:
+        assert await asyncio.gather(client.call("upper", b"abc"), client.call("size", b"abc")) == [b"ABC", b"3"]
+        with pytest.raises(RemoteError, match="no method 'other'"):
+            await client.call("other", b"abc")
+        assert await client.call("upper", b"still here") == b"STILL HERE"
     finally:
         client.close()
         server.close()
@@ -81,7 +102,7 @@ async def test_calls_in_flight_fail_when_the_connection_drops():
 
     server = await serve(handler)
     client = await LinkClient.connect(server.address)
-    call = asyncio.ensure_future(client.call(b"pending"))
+    call = asyncio.ensure_future(client.call("m", b"pending"))
     await asyncio.sleep(0.05)
     server.close()
     client._writer.transport.abort()  # the connection drops, as when the shard's process dies
@@ -89,7 +110,7 @@ async def test_calls_in_flight_fail_when_the_connection_drops():
         await call
     assert client.closed
     with pytest.raises(LinkLost):
-        await client.call(b"after")
+        await client.call("m", b"after")
     release.set()
 
 
@@ -99,7 +120,7 @@ async def test_a_frame_over_the_limit_closes_the_connection():
 
     server = await serve(handler)
     reader, writer = await asyncio.open_unix_connection(path=server.address)
-    writer.write(_REQ.pack(MAX_FRAME_BYTES + 1, 1))
+    writer.write(_REQ.pack(MAX_FRAME_BYTES + 1, 1, 1) + b"m")
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
     assert server.served == 0
