@@ -15,6 +15,7 @@ from raymail import codec, skeleton
 from raymail.config import Config
 from raymail.dns import DnsTempError, NullMx, Resolver
 from raymail.errors import ConnectionLost, SmtpClientError, StorageError
+from raymail.link import ActorLink
 from raymail.outbound import retry
 from raymail.outbound.dispatch import Held, Key
 from raymail.outbound.records import OutboundMessage
@@ -58,10 +59,14 @@ class _Job:
 
 class _Reporter:
     """Coalesces results from every connection into few ``report`` calls; each caller
-    waits until the spool has its result on disk before its connection sends more."""
+    waits until the spool has its result on disk before its connection sends more.
+    On the spool's host the calls go over its link (a Ray call costs several times
+    more CPU on both sides); reports are idempotent, so one resent through Ray after
+    a broken link changes nothing twice."""
 
     def __init__(self, spool: Any, ip: str) -> None:
-        self.spool, self.ip = spool, ip
+        self.ip = ip
+        self.link = ActorLink(spool, "report_batch")
         self.pending: list[tuple[tuple, asyncio.Future]] = []
         self.running = False
 
@@ -80,7 +85,7 @@ class _Reporter:
             while self.pending:
                 batch, self.pending = self.pending, []
                 try:
-                    await self.spool.report.remote(self.ip, [r for r, _ in batch])
+                    await self.link.call(codec.encode((self.ip, [r for r, _ in batch])))
                 except Exception as exc:  # noqa: BLE001 - the leases expire and the work goes again
                     log.warning("sender %s: report failed: %r", self.ip, exc)
                 for _, fut in batch:
@@ -394,7 +399,8 @@ class SenderActor:
 
     def stats(self) -> dict:
         return {"pool": self.pool, "ip": self.ip, "pid": os.getpid(), "sent": self.sent,
-                "connections": self.connections, "running": not self._task.done(), "ts": time.time()}
+                "connections": self.connections, "running": not self._task.done(), "ts": time.time(),
+                "report_link_calls": self.reporter.link.link_calls, "report_ray_calls": self.reporter.link.ray_calls}
 
 
 class _Fail(Exception):

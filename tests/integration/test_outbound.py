@@ -395,6 +395,21 @@ async def test_spool_restart_requeues_unfinished_work(world):
             break
         await asyncio.sleep(0.2)
     assert ray.get(spool(app).stats.remote())["link_calls"] >= 1
+    # The senders' reports, too, go over the new incarnation's link.
+    tx = next(p for p in app.config.outbound.pools if p.name == "tx")
+    senders = [ray.get_actor(sender_name("tx", ip), namespace=app.config.cluster.namespace) for ip in tx.ips]
+
+    def link_reports() -> int:
+        return sum(ray.get(s.stats.remote())["report_link_calls"] for s in senders)
+
+    before = link_reports()
+    for i in range(100):
+        mid = (await send(app, alice, [f"late{i}@ok.test"])).json()["message_id"]
+        await wait_for(lambda m=mid: m in peers["ok.test"].ids(), timeout=30)
+        if link_reports() > before:
+            break
+        await asyncio.sleep(0.2)
+    assert link_reports() > before
 
 
 def _stats_after_restart(app, old_pid):
