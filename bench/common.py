@@ -138,3 +138,19 @@ def progress(msg: str) -> None:
 
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def settle(seconds: float) -> None:
+    """Let the filesystem forget recent deletions before a measured run.
+
+    ext4 without a journal (as on this machine) skips every inode freed in the last
+    minute when it allocates a new one (fs/ext4/ialloc.c, ``recently_deleted``: at
+    least 60 s, longer while the inode table block is dirty), looking each one up in
+    the buffer cache. A run that starts right after thousands of deletions - the
+    other run's clean-up - pays for them in every file it creates (perf: a quarter
+    of our MX gateway's CPU in ``find_get_block_common`` and ``recently_deleted``).
+    """
+    if seconds > 0:
+        progress(f"settling {seconds:.0f} s: sync, and inodes freed by earlier runs age out")
+        os.sync()
+        time.sleep(seconds)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 import ray
-from common import ROOT, CpuMeter, progress, start
+from common import ROOT, CpuMeter, progress, settle, start
 
 sys.path.insert(0, str(ROOT / "tests"))
 from mta import Postfix, free_port  # noqa: E402
@@ -139,10 +139,14 @@ def main() -> None:
     ap.add_argument("--mailauth", action="store_true", help="keep SPF/DKIM/DMARC checks on in our MX")
     ap.add_argument("--profile", metavar="DIR", help="py-spy (pip install py-spy) our processes during the run")
     ap.add_argument("--timeout-s", type=float, default=600.0)
+    ap.add_argument("--settle-s", type=float, default=65.0,
+                    help="sync and wait before each run, so neither pays for the other's deleted files (0: off)")
     args = ap.parse_args()
     load0 = os.getloadavg()[0]  # other work on the machine skews both runs
+    settle(args.settle_s)
     progress(f"Postfix: {args.messages} messages, {args.sessions} sessions, {args.size} bytes")
-    pf = bench_postfix(args)
+    pf = bench_postfix(args)  # its files are removed here, before our run: hence the settling
+    settle(args.settle_s)
     progress(f"raymail: {args.messages} messages, {args.sessions} sessions, {args.size} bytes")
     ours = bench_raymail(args)
     m = args.messages
