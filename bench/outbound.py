@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import ray
-from common import ROOT, CpuMeter, HttpConn, make_users, progress, start
+from common import ROOT, CpuMeter, HttpConn, make_users, progress, settle, start
 
 sys.path.insert(0, str(ROOT / "tests"))
 from mta import Postfix, free_port  # noqa: E402
@@ -220,14 +220,18 @@ def main() -> None:
                          "then time only the delivery")
     ap.add_argument("--timeout-s", type=float, default=900.0)
     ap.add_argument("--only", choices=["raymail", "postfix"])
+    ap.add_argument("--settle-s", type=float, default=65.0,
+                    help="sync and wait before each run, so neither pays for the other's deleted files (0: off)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root: Postfix and smtp-sink")
     results = {}
     if args.only != "postfix":
+        settle(args.settle_s)
         results["raymail"] = run_raymail(args)
         ray.shutdown()
     if args.only != "raymail":
+        settle(args.settle_s)
         results["postfix"] = run_postfix(args)
     for name, r in results.items():
         print(f"{name}: {r['rate']:.0f} deliveries/s ({args.messages} messages in {r['total_s']:.1f} s; "
