@@ -7,6 +7,7 @@ parts keep their case but compare case-insensitively (``key``).
 
 from __future__ import annotations
 
+import functools
 import re
 
 from raymail.model import Address
@@ -30,6 +31,7 @@ class AddressError(ValueError):
     """The text is not an acceptable mail address; the message says why."""
 
 
+@functools.lru_cache(maxsize=4096)  # a pure check of a string; the same domains come again and again
 def valid_domain(domain: str) -> bool:
     if not domain or len(domain) > 253 or "." not in domain:
         return False
