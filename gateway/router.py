@@ -28,6 +28,11 @@ from raymail.sharding import shard_of
 log = logging.getLogger(__name__)
 
 
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _shard_queue(link: ActorLink, max_ops: int, max_inflight: int, timeout_s: float) -> CallBatcher:
     async def call(ops: list[Op]) -> list[OpResult]:
         return codec.decode(await link.call(codec.encode(ops)))
@@ -55,7 +60,14 @@ class ShardRouter:
         for shard, idxs in by_shard.items():
             for i, fut in zip(idxs, self._queues[shard].submit_many([ops[i] for i in idxs]), strict=True):
                 futs[i] = fut
-        return list(await asyncio.gather(*futs))  # type: ignore[arg-type]
+        # Awaited one by one rather than gathered: a gather adds an event-loop turn
+        # before the caller runs again, and a busy loop's turn takes milliseconds.
+        try:
+            return [await f for f in futs]  # type: ignore[misc]
+        except BaseException:
+            for f in futs:  # the others' outcomes no longer matter; asyncio must not report them unread
+                f.add_done_callback(_retrieve)  # type: ignore[union-attr]
+            raise
 
     async def read(self, uid: str, method: str, *args: Any) -> Any:
         handle = self.handles[self.shard_index(uid)]
