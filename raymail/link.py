@@ -153,11 +153,11 @@ class LinkClient:
         fut = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         name = method.encode("ascii")
-        self._writer.writelines([_REQ.pack(len(payload), req_id, len(name)), name, payload])
         try:
+            self._writer.writelines([_REQ.pack(len(payload), req_id, len(name)), name, payload])
             await self._writer.drain()
-        except ConnectionError as exc:
-            self._fail(LinkLost(f"the link broke while sending: {exc}"))
+        except (ConnectionError, RuntimeError) as exc:  # uvloop: RuntimeError on a transport closed under us
+            self._fail(LinkLost(f"the link broke while sending: {exc!r}"))
         return await fut
 
     def close(self) -> None:

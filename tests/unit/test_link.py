@@ -163,3 +163,28 @@ async def test_a_process_of_another_user_is_refused():
     assert out.stdout.strip() == "closed"  # without an answer
     assert (server.served, server.refused) == (0, 1)
     server.close()
+
+
+
+async def test_a_write_refused_by_a_closed_transport_is_a_lost_link():
+    # uvloop raises RuntimeError when the transport was closed under the caller (the
+    # peer reset it) before the reader noticed; the caller must see LinkLost, and
+    # then go through Ray, never a failed request.
+    async def handler(payload: bytes) -> bytes:
+        return payload
+
+    server = await serve(handler)
+    client = await LinkClient.connect(server.address)
+    try:
+        assert await client.call("m", b"one") == b"one"
+
+        def closed_transport(_data) -> None:
+            raise RuntimeError("unable to perform operation on <UnixTransport closed=True>; the handler is closed")
+
+        client._writer.writelines = closed_transport  # what uvloop's transport does then
+        with pytest.raises(LinkLost):
+            await client.call("m", b"two")
+        assert client.closed
+    finally:
+        client.close()
+        server.close()
