@@ -119,19 +119,8 @@ def build(
         msg = MIMEMultipart("mixed", _subparts=parts)
     mid = message_id or make_msgid(domain=hostname)
     headers: list[tuple[str, str | Header]] = [
-        ("Message-ID", mid),
-        ("Date", formatdate(date, usegmt=True)),
-        ("From", _address_text(sender)),
-    ]
-    if to:
-        headers.append(("To", _address_list(to)))
-    if cc:
-        headers.append(("Cc", _address_list(cc)))
-    if include_bcc and bcc:
-        headers.append(("Bcc", _address_list(bcc)))
-    if not to and not cc:
-        headers.append(("To", "undisclosed-recipients:;"))
-    headers.append(("Subject", _header_text(subject, "Subject")))
+        (name, _header_text(value, name) if name == "Subject" else value)
+        for name, value in _own_headers(mid, date, sender, to, cc, bcc if include_bcc else (), subject)]
     # Our headers first, then the MIME ones the parts set.
     mime_headers = list(msg.items())
     for name in list(msg.keys()):
@@ -155,15 +144,9 @@ def build(
                     size=skeleton.raw_size(segments))
 
 
-_LINE_ENDS = re.compile(r"\r\n|\r|\n")
-
-
-def _build_plain(sender: Address, to: tuple[Address, ...], cc: tuple[Address, ...], bcc: tuple[Address, ...],
-                 subject: str, body: str, hostname: str, date: float, message_id: str | None) -> Composed | None:
-    """What ``build`` makes of a text-only message, written directly (a tenth of the
-    cost of the ``email`` generator): the same bytes, tested side by side. None when a
-    header needs folding or encoding, which the generator then does."""
-    mid = message_id or make_msgid(domain=hostname)
+def _own_headers(mid: str, date: float, sender: Address, to: tuple[Address, ...], cc: tuple[Address, ...],
+                 bcc: tuple[Address, ...], subject: str) -> list[tuple[str, str]]:
+    """The headers a composed message starts with, in order, values as given."""
     headers = [("Message-ID", mid), ("Date", formatdate(date, usegmt=True)), ("From", _address_text(sender))]
     if to:
         headers.append(("To", _address_list(to)))
@@ -174,6 +157,19 @@ def _build_plain(sender: Address, to: tuple[Address, ...], cc: tuple[Address, ..
     if not to and not cc:
         headers.append(("To", "undisclosed-recipients:;"))
     headers.append(("Subject", subject))
+    return headers
+
+
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
+
+
+def _build_plain(sender: Address, to: tuple[Address, ...], cc: tuple[Address, ...], bcc: tuple[Address, ...],
+                 subject: str, body: str, hostname: str, date: float, message_id: str | None) -> Composed | None:
+    """What ``build`` makes of a text-only message, written directly (a tenth of the
+    cost of the ``email`` generator): the same bytes, tested side by side. None when a
+    header needs folding or encoding, which the generator then does."""
+    mid = message_id or make_msgid(domain=hostname)
+    headers = _own_headers(mid, date, sender, to, cc, bcc, subject)
     if not all(value.isascii() and len(name) + len(value) + 2 <= _GENERATE.max_line_length for name, value in headers):
         return None
     if body.isascii() and max(map(len, body.splitlines()), default=0) <= 998:
@@ -339,7 +335,7 @@ def _address_header(value: str) -> str:
 def plain_address(value: str) -> str | None:
     """The address when ``value`` is one bare address (with or without angle brackets)."""
     plain = _PLAIN_ADDRESS.fullmatch(value)
-    return None if plain is None else plain.group(1) or plain.group(2)
+    return None if plain is None else plain.group("addr")
 
 
 def address_pairs(value: str) -> list[tuple[str, str]]:
@@ -356,8 +352,9 @@ def _quoted(name: str, addr: str) -> str:
 
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_ADDRESS = re.compile(rf"[ \t]*(?:<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
-                            rf"|({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*))[ \t]*")
+# One dot-atom address, in angle brackets or bare ((?(lt)>): a '>' only after a '<').
+_PLAIN_ADDRESS = re.compile(
+    rf"[ \t]*(?P<lt><)?(?P<addr>{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?(lt)>)[ \t]*")
 _SPECIALS = frozenset('()<>[]:;@\\,."')
 
 

@@ -315,7 +315,7 @@ def test_plain_shortcut_matches_the_full_parser_on_random_messages():
 
 
 @pytest.mark.parametrize("value", ["a@b.test", "<a@b.test>", " <A.b@c-d.test> ", "Ann <a@b.test>", "a@b.test, c@d.test",
-                                   '"x y"@b.test', "a@b.test (c)", "", "<>", "no address"])
+                                   '"x y"@b.test', "a@b.test (c)", "", "<>", "no address", "<a@b.test", "a@b.test>"])
 def test_address_pairs_are_getaddresses(value):
     from email.utils import getaddresses, parseaddr
     assert compose.address_pairs(value) == getaddresses([value])
