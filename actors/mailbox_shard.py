@@ -88,15 +88,12 @@ class MailboxShard:
         self._committer = asyncio.get_event_loop().create_task(self._commit_index_loop())
         # Gateways on this host send their writes here rather than through Ray.
         self._link = LinkServer({"apply_batch": self.apply_batch}, f"shard-{index}")
-        self._link_started = asyncio.get_event_loop().create_task(self._link.start())
+        self._link.start_soon()
         self._learning = asyncio.get_event_loop().create_task(self._learn_subscriptions())
 
     async def link_endpoint(self) -> tuple[str, str]:
         """(node id, socket address) of this shard's same-host write path."""
-        import ray
-
-        await self._link_started
-        return ray.get_runtime_context().get_node_id(), self._link.address
+        return await self._link.endpoint()
 
     # -- search index ------------------------------------------------------
     @staticmethod

@@ -118,7 +118,7 @@ class OutboundSpool:
         self._task = asyncio.get_event_loop().create_task(self._dispatch_loop())
         # Gateways on this host hand over their outbound records here rather than through Ray.
         self._link = LinkServer({"enqueue": self._enqueue_from_link, "report_batch": self._report_from_link}, "spool")
-        self._link_started = asyncio.get_event_loop().create_task(self._link.start())
+        self._link.start_soon()
 
     # -- queues ---------------------------------------------------------------
     def _make_queues(self) -> None:
@@ -215,10 +215,7 @@ class OutboundSpool:
     # -- from gateways ----------------------------------------------------------
     async def link_endpoint(self) -> tuple[str, str]:
         """(node id, socket address) of this spool's same-host path for ``enqueue`` and ``report_batch``."""
-        import ray
-
-        await self._link_started
-        return ray.get_runtime_context().get_node_id(), self._link.address
+        return await self._link.endpoint()
 
     async def _enqueue_from_link(self, encoded: bytes) -> bytes:
         return str(await self.enqueue(encoded)).encode()

@@ -66,6 +66,21 @@ class LinkServer:
         self.served = 0
         self.refused = 0
         self._server: asyncio.AbstractServer | None = None
+        self._starting: asyncio.Task | None = None
+
+    def start_soon(self) -> None:
+        """Start serving on the event loop (from an actor's constructor)."""
+        self._starting = asyncio.get_event_loop().create_task(self.start())
+
+    async def endpoint(self) -> tuple[str, str]:
+        """(Ray node id, address) once serving: what an actor's ``link_endpoint``
+        answers for ``ActorLink``."""
+        import ray
+
+        if self._starting is None:
+            self.start_soon()
+        await self._starting
+        return ray.get_runtime_context().get_node_id(), self.address
 
     async def start(self) -> str:
         # The socket is made here, not by the event loop: uvloop does not take
