@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,23 +19,31 @@ async def serve(handler) -> LinkServer:
     return server
 
 
+@contextlib.asynccontextmanager
+async def linked(handlers):
+    """A serving link and a client connected to it; ``handlers``: one for method "m", or by name."""
+    server = LinkServer(handlers if isinstance(handlers, dict) else {"m": handlers}, "test")
+    await server.start()
+    client = await LinkClient.connect(server.address)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.close()
+
+
 async def test_calls_are_answered_and_matched_to_their_replies():
     async def handler(payload: bytes) -> bytes:
         await asyncio.sleep(0.01 if payload == b"slow" else 0)
         return payload.upper()
 
-    server = await serve(handler)
-    client = await LinkClient.connect(server.address)
-    try:
+    async with linked(handler) as (server, client):
         # The slow call is answered last but every caller gets its own reply.
         calls = [client.call("m", b"slow"), client.call("m", b"a"), client.call("m", b"")]
         assert await asyncio.gather(*calls) == [b"SLOW", b"A", b""]
         big = os.urandom(3 * 1024 * 1024)
         assert await client.call("m", big) == big.upper()
         assert server.served == 4
-    finally:
-        client.close()
-        server.close()
 
 
 async def test_handlers_start_in_the_order_the_calls_were_sent():
@@ -45,15 +54,10 @@ async def test_handlers_start_in_the_order_the_calls_were_sent():
         await asyncio.sleep(0.001 * (10 - int(payload)))
         return payload
 
-    server = await serve(handler)
-    client = await LinkClient.connect(server.address)
-    try:
+    async with linked(handler) as (server, client):
         sent = [str(i).encode() for i in range(10)]
         assert await asyncio.gather(*(client.call("m", p) for p in sent)) == sent
         assert started == sent
-    finally:
-        client.close()
-        server.close()
 
 
 async def test_a_failing_handler_is_reported_and_the_link_stays_usable():
@@ -62,15 +66,10 @@ async def test_a_failing_handler_is_reported_and_the_link_stays_usable():
             raise ValueError("no such op")
         return b"ok"
 
-    server = await serve(handler)
-    client = await LinkClient.connect(server.address)
-    try:
+    async with linked(handler) as (server, client):
         with pytest.raises(RemoteError, match="ValueError: no such op"):
             await client.call("m", b"bad")
         assert await client.call("m", b"good") == b"ok"
-    finally:
-        client.close()
-        server.close()
 
 
 async def test_one_socket_serves_each_method_by_name():
@@ -80,17 +79,11 @@ async def test_one_socket_serves_each_method_by_name():
     async def size(payload: bytes) -> bytes:
         return str(len(payload)).encode()
 
-    server = LinkServer({"upper": upper, "size": size}, "test")
-    await server.start()
-    client = await LinkClient.connect(server.address)
-    try:
+    async with linked({"upper": upper, "size": size}) as (_, client):
         assert await asyncio.gather(client.call("upper", b"abc"), client.call("size", b"abc")) == [b"ABC", b"3"]
         with pytest.raises(RemoteError, match="no method 'other'"):
             await client.call("other", b"abc")
         assert await client.call("upper", b"still here") == b"STILL HERE"
-    finally:
-        client.close()
-        server.close()
 
 
 async def test_calls_in_flight_fail_when_the_connection_drops():
@@ -173,9 +166,7 @@ async def test_a_write_refused_by_a_closed_transport_is_a_lost_link():
     async def handler(payload: bytes) -> bytes:
         return payload
 
-    server = await serve(handler)
-    client = await LinkClient.connect(server.address)
-    try:
+    async with linked(handler) as (server, client):
         assert await client.call("m", b"one") == b"one"
 
         def closed_transport(_data) -> None:
@@ -185,6 +176,3 @@ async def test_a_write_refused_by_a_closed_transport_is_a_lost_link():
         with pytest.raises(LinkLost):
             await client.call("m", b"two")
         assert client.closed
-    finally:
-        client.close()
-        server.close()
