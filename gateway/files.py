@@ -95,8 +95,8 @@ class FilesApi:
             upload: Upload = await asyncio.to_thread(blobs.upload, "att")
         except StorageError as exc:
             raise Unavailable(f"attachment storage is unavailable; retry later ({exc})") from exc
-        # A pipeline: while one buffer is written (and hashed) in worker threads,
-        # the next is being received. At most WRITE_QUEUE buffers wait: bounded memory.
+        # A pipeline: while one buffer is hashed and written in a worker thread, the
+        # event loop receives the next. At most WRITE_QUEUE buffers wait: bounded memory.
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=WRITE_QUEUE)
 
         failed: list[StorageError] = []
@@ -107,7 +107,7 @@ class FilesApi:
             while (data := await queue.get()) is not None:
                 if not failed:
                     try:
-                        await asyncio.to_thread(upload.store_bytes, data)
+                        await asyncio.to_thread(upload.write, data)
                     except StorageError as exc:
                         failed.append(exc)
             if failed:
@@ -121,7 +121,6 @@ class FilesApi:
         async def hand_over(data: bytes) -> None:
             if failed:
                 raise failed[0]
-            await asyncio.to_thread(upload.digest, data)
             await queue.put(data)
 
         try:

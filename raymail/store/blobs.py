@@ -3,8 +3,9 @@
 A blob's key is ``<kind>/<sha256[:2]>/<sha256>``; writing the same bytes twice
 stores them once. Writes are atomic: a local blob is written under a temporary
 name, fsync'd and renamed (then the directory is fsync'd); an object store gets a
-single PUT, or for a large streamed upload (spooled to a local file while it is
-hashed) a multipart upload under the final key, visible only once complete. A
+single PUT; a large streamed upload is spooled to a local file while it is hashed,
+then sent under its final key as one PUT read from that file (up to 100 MiB) or a
+multipart upload, visible only once complete. A
 crash never leaves a half blob under its final key; stale ``tmp/`` files are
 removed by the garbage collector.
 
@@ -14,6 +15,8 @@ not there); fsspec, OS and S3 client errors are mapped here.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import ctypes
 import hashlib
@@ -56,8 +59,17 @@ class BlobMissing(StorageError):
 # rare repeat is simply written again (same bytes, same key: harmless).
 UNIQUE_KINDS = frozenset({"msg"})
 
-UPLOAD_PART_BYTES = 8 * 1024 * 1024  # S3 multipart part size: bounds memory per upload
-UPLOAD_CONCURRENCY = 3  # parts in flight at once per upload: 24 MiB of buffers at most
+UPLOAD_PART_BYTES = 8 * 1024 * 1024  # kept in memory up to this; a multipart upload's part size
+UPLOAD_CONCURRENCY = 3  # multipart parts in flight at once per upload: 24 MiB of buffers at most
+# s3fs sends data under 100 MiB as one PUT and larger data as a multipart upload.
+S3FS_SINGLE_PUT_BYTES = 100 * 1024 * 1024
+
+
+def _checked(digest: bytes) -> dict:
+    """A PUT's argument that has the object store check the body against its SHA-256
+    (computed already for the key), so the client neither signs the body by hashing
+    it again nor computes a CRC32 of it: integrity is checked all the same."""
+    return {"ChecksumSHA256": base64.b64encode(digest).decode("ascii")}
 
 
 class Upload:
@@ -71,8 +83,8 @@ class Upload:
         self.tmp = f"{store.root}/tmp/{uuid.uuid4().hex}" if store.local else ""  # a local upload's file
         # On an object store, a blob that fits in one part is kept in memory and PUT
         # under its final key at commit; a larger one is spooled to a local
-        # file (memory stays bounded) and sent under its final key at commit as a
-        # concurrent multipart upload: no server-side copy, nothing visible before.
+        # file (memory stays bounded) and sent from it under its final key at
+        # commit: no server-side copy, nothing visible before.
         self._small: list[bytes] | None = None
         self._small_bytes = 0
         self._fh = None
@@ -88,18 +100,12 @@ class Upload:
             raise StorageError(f"storage is unavailable: {exc}") from exc
 
     def write(self, data: bytes) -> None:
-        self.digest(data)
-        self.store_bytes(data)
-
-    def digest(self, data: bytes) -> None:
-        """Hash ``data`` (the next bytes of the blob); may run beside ``store_bytes``."""
-        self.sha.update(data)
-        self.size += len(data)
-
-    def store_bytes(self, data: bytes) -> None:
-        """Write ``data``; calls must come in order, one at a time."""
+        """Hash and keep ``data``, the next bytes of the blob; calls must come in
+        order, one at a time."""
         if self._aborted:
             raise StorageError("the upload was aborted")
+        self.sha.update(data)
+        self.size += len(data)
         if self._small is not None:
             self._small.append(data)
             self._small_bytes += len(data)
@@ -144,11 +150,15 @@ class Upload:
                 # blob this small the question costs as much as sending it again,
                 # and the same bytes under the same key are still stored once (the
                 # PUT also renews LastModified for garbage collection).
-                fs.pipe_file(final, b"".join(self._small))
+                fs.pipe_file(final, b"".join(self._small), **_checked(self.sha.digest()))
                 self._small = []
             else:
                 self._fh.close()
-                if not self.store._reuse(final):
+                if self.store._reuse(final):
+                    pass  # the same bytes are stored already
+                elif self.size <= self.store.single_put_max_bytes:
+                    self.store._put_streamed(self._fh.name, final, self.size, self.sha.digest())
+                else:
                     # Multipart, parts in parallel; the object appears only when the
                     # upload completes.
                     fs.put_file(self._fh.name, final, chunksize=UPLOAD_PART_BYTES,
@@ -180,6 +190,10 @@ class BlobStore:
     # A reused object older than this gets its modification time refreshed, so the
     # garbage collector's grace period starts again for it (it must exceed this).
     refresh_after_s = 60.0
+    # A spooled upload up to this size goes as one PUT read from the spool file as it
+    # is sent (s3fs's own limit for one PUT, without reading the file into memory); a
+    # larger one as a multipart upload with parts in parallel.
+    single_put_max_bytes = S3FS_SINGLE_PUT_BYTES
 
     def __init__(self, url: str, options: dict | None = None, spool_dir: str | os.PathLike | None = None) -> None:
         """``spool_dir``: where large uploads to an object store wait for their hash
@@ -188,8 +202,12 @@ class BlobStore:
         if url.startswith(("s3://", "s3a://")):
             # Fail over to a 503 in seconds when the object store is down, rather than
             # retrying for half a minute while a client waits; clients retry.
-            options.setdefault("config_kwargs", {"connect_timeout": 5, "read_timeout": 60,
-                                                 "retries": {"max_attempts": 2, "mode": "standard"}})
+            config = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"},
+                      # Bodies are not hashed again to sign them (as over HTTPS): every
+                      # PUT carries a checksum the store verifies, our SHA-256 or the
+                      # client's default CRC32.
+                      "s3": {"payload_signing_enabled": False}}
+            options["config_kwargs"] = {**config, **options.get("config_kwargs", {})}
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
@@ -214,24 +232,47 @@ class BlobStore:
 
     def put_many(self, kind: str, items: list[bytes]) -> list[str]:
         """Store several blobs durably; one directory fsync per directory touched."""
-        keys = [blob_key(kind, hashlib.sha256(data).hexdigest()) for data in items]
+        digests = [hashlib.sha256(data).digest() for data in items]
+        keys = [blob_key(kind, d.hex()) for d in digests]
         try:
             if self.local:
                 self._put_local([(Path(self._path(k)), d) for k, d in zip(keys, items, strict=True)],
                                 reuse=kind not in UNIQUE_KINDS)
             else:
-                paths = [self._path(k) for k in keys]
+                sends = [(self._path(k), d, dig) for k, d, dig in zip(keys, items, digests, strict=True)]
                 if kind not in UNIQUE_KINDS:  # already stored: not sent again
-                    keep = [not self._reuse(p) for p in paths]
-                    paths = [p for p, k in zip(paths, keep, strict=True) if k]
-                    items = [d for d, k in zip(items, keep, strict=True) if k]
+                    sends = [item for item in sends if not self._reuse(item[0])]
                 # One concurrent batch of PUTs; each is atomic, and a PUT of the same
                 # bytes just replaces them (renewing LastModified).
-                if paths:
-                    self.fs.pipe(dict(zip(paths, items, strict=True)))
+                if sends:
+                    fsspec.asyn.sync(self.fs.loop, self._pipe_all, sends)
         except Exception as exc:  # noqa: BLE001 - mapped at the boundary
             raise StorageError(f"could not store blob {keys[0]}: {exc}") from exc
         return keys
+
+    async def _pipe_all(self, sends: list[tuple[str, bytes, bytes]]) -> None:
+        """PUT each (path, data, sha256 digest) at once (the client's connection pool
+        bounds how many are in flight)."""
+        # The checksum is an argument of one PUT: a multipart upload's parts get the
+        # client's default CRC32.
+        await asyncio.gather(*(
+            self.fs._pipe_file(path, data, **(_checked(digest) if len(data) < S3FS_SINGLE_PUT_BYTES else {}))
+            for path, data, digest in sends))
+
+    def _put_streamed(self, local_path: str, path: str, size: int, digest: bytes) -> None:
+        """One PUT of a local file to the object store, read as it is sent: memory
+        stays bounded, and the object appears whole or not at all."""
+        bucket, key, _ = self.fs.split_path(path)
+
+        async def put() -> None:
+            # The client is asked directly: s3fs's own retry loop would send the file
+            # again from where the failed attempt stopped reading it. botocore's
+            # retries rewind the file.
+            await self.fs.set_session()
+            with open(local_path, "rb") as body:
+                await self.fs.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=size, **_checked(digest))
+
+        fsspec.asyn.sync(self.fs.loop, put)
 
     def _reuse(self, path: str) -> bool:
         """On an object store: True when ``path`` exists already; an old one is then
