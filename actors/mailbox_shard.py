@@ -16,6 +16,7 @@ from raymail.link import LinkServer
 from raymail.mailbox import ShardState
 from raymail.model import AttachmentRef, Delete, Deliver, EmailMeta, Event
 from raymail.search import SearchQuery
+from raymail.sharding import LINK_READS
 from raymail.store.index import SearchIndex, search_mailbox
 from raymail.store.log import DurableLog
 
@@ -86,14 +87,22 @@ class MailboxShard:
         }
         log.info("shard %d recovered: %s", index, self.recovered)
         self._committer = asyncio.get_event_loop().create_task(self._commit_index_loop())
-        # Gateways on this host send their writes here rather than through Ray.
-        self._link = LinkServer({"apply_batch": self.apply_batch}, f"shard-{index}")
+        # Gateways on this host send their writes and reads here rather than through Ray.
+        self._link = LinkServer({"apply_batch": self.apply_batch, "read": self.read}, f"shard-{index}")
         self._link.start_soon()
         self._learning = asyncio.get_event_loop().create_task(self._learn_subscriptions())
 
     async def link_endpoint(self) -> tuple[str, str]:
-        """(node id, socket address) of this shard's same-host write path."""
+        """(node id, socket address) of this shard's same-host path."""
         return await self._link.endpoint()
+
+    async def read(self, encoded: bytes) -> bytes:
+        """One of the user-facing reads, ``codec [method, uid, *args]`` -> its codec
+        result: the form reads take over the link (and through Ray after a lost link)."""
+        method, *args = codec.decode(encoded)
+        if method not in LINK_READS:
+            raise ValueError(f"{method!r} is not a read served here")
+        return codec.encode(await getattr(self, method)(*args))
 
     # -- search index ------------------------------------------------------
     @staticmethod

@@ -2,11 +2,11 @@
 
 A write waits in a per-shard queue only while ``max_inflight_batches`` calls to that
 shard are already running, so a lone request goes out at once and a burst goes
-out as a few large calls (a Ray call costs 1-3 ms whatever it carries). Writes to
-a shard on the same host go over its socket (``raymail.link``), others through Ray.
-Ray re-sends a call whose shard died (``max_task_retries``), and a call whose socket
-broke is sent again through Ray; shard ops are idempotent, so a re-sent batch does
-not duplicate mail.
+out as a few large calls (a Ray call costs 1-3 ms whatever it carries). Writes and
+the users' reads go to a shard on the same host over its socket (``raymail.link``),
+to others through Ray. Ray re-sends a call whose shard died (``max_task_retries``),
+and a call whose socket broke is sent again through Ray; shard ops are idempotent,
+so a re-sent batch does not duplicate mail, and reads change nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from ray.exceptions import RayActorError, RayError
 from gateway.batching import CallBatcher
 from raymail import codec
 from raymail.errors import Unavailable
-from raymail.link import ActorLink
+from raymail.link import ActorLink, RemoteError
 from raymail.model import Op, OpResult
-from raymail.sharding import shard_of
+from raymail.sharding import LINK_READS, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class ShardRouter:
         self.handles = handles
         self.timeout_s = timeout_s
         self.links = [ActorLink(h, "apply_batch") for h in handles]
+        self.read_links = [ActorLink(h, "read") for h in handles]
         self._queues = [_shard_queue(link, max_ops, max_inflight, timeout_s) for link in self.links]
 
     def shard_index(self, uid: str) -> int:
@@ -70,10 +71,13 @@ class ShardRouter:
             raise
 
     async def read(self, uid: str, method: str, *args: Any) -> Any:
-        handle = self.handles[self.shard_index(uid)]
+        shard = self.shard_index(uid)
         try:
-            return await asyncio.wait_for(getattr(handle, method).remote(uid, *args), self.timeout_s)
-        except (TimeoutError, RayActorError, RayError) as exc:
+            if method in LINK_READS:
+                call = self.read_links[shard].call(codec.encode([method, uid, *args]))
+                return codec.decode(await asyncio.wait_for(call, self.timeout_s))
+            return await asyncio.wait_for(getattr(self.handles[shard], method).remote(uid, *args), self.timeout_s)
+        except (TimeoutError, RayActorError, RayError, RemoteError) as exc:
             log.warning("mailbox shard read %s failed: %r", method, exc)
             raise Unavailable("the mailbox service did not answer in time; retry the request") from exc
 
@@ -88,4 +92,6 @@ class ShardRouter:
     def stats(self) -> dict:
         return {"calls": sum(q.calls for q in self._queues), "ops": sum(q.items for q in self._queues),
                 "link_calls": sum(link.link_calls for link in self.links),
-                "ray_calls": sum(link.ray_calls for link in self.links)}
+                "ray_calls": sum(link.ray_calls for link in self.links),
+                "read_link_calls": sum(link.link_calls for link in self.read_links),
+                "read_ray_calls": sum(link.ray_calls for link in self.read_links)}

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from raymail import model
+from raymail import model, search
 from raymail.outbound import records
 
 _EXT = 1
@@ -39,6 +39,8 @@ for _tag, _cls in enumerate(
 register(9, model.AttachmentRef)
 register(10, model.AddUpload)
 register(11, model.AuthSummary)
+register(12, search.Clause)
+register(13, search.SearchQuery)
 # Outbound spool records (raymail/outbound/records.py).
 register(21, records.OutboundMessage)
 register(22, records.Attempt)

@@ -153,3 +153,59 @@ async def test_killed_gateway_comes_back_and_clients_catch_up(ray_cluster, tmp_p
             assert ev["type"] == "email.new" and ev["cursor"] == hello["cursor"] + 1
     finally:
         app.deployment.stop()
+
+
+async def test_reads_go_over_the_link_and_through_ray_while_a_shard_restarts(ray_cluster, tmp_path):
+    from raymail import codec
+
+    app = start_app(tmp_path, cluster={"shards": 1})
+    try:
+        alice, bob = app.user(), app.user()
+        async with app.client(alice["token"]) as c:
+            up = (await c.post("/v1/attachments", content=b"%PDF-1.4 report",
+                               headers={"Content-Type": "application/pdf", "X-Filename": "report.pdf"})).json()
+            for i in range(3):
+                r = await c.post("/v1/send", json={"subject": f"quarterly {i}", "recipients": [bob["email"]],
+                                                   "body": "numbers", "attachments": [up["id"]]})
+                assert r.status_code == 201, r.text
+        shard = app.deployment.shards[0]
+
+        async def read_all() -> dict:
+            async with app.client(bob["token"]) as c:
+                inbox = (await c.get("/v1/emails", params={"page_size": 50})).json()
+                one = (await c.get(f"/v1/emails/{inbox['emails'][0]['id']}")).json()
+                found = (await c.get("/v1/search", params={"q": "quarterly"})).json()
+                events = (await c.get("/v1/events", params={"since": 0})).json()
+                att = one["attachments"][0]["id"]
+                body = (await c.get(f"/v1/attachments/{att}")).content
+            return {"inbox": inbox, "one": one, "found": found, "events": events, "body": body}
+
+        def router() -> dict:
+            return ray.get(app.deployment.gateways[0].stats.remote())["router"]
+
+        before = router()
+        first = await read_all()
+        assert first["inbox"]["total"] == 3 and first["found"]["total"] == 3 and first["body"] == b"%PDF-1.4 report"
+        after = router()
+        assert after["read_link_calls"] - before["read_link_calls"] >= 5, after
+        assert after["read_ray_calls"] == before["read_ray_calls"], after
+        # What came over the link is what the shard's own methods answer through Ray.
+        listed, total = ray.get(shard.list_emails.remote(bob["uid"], "inbox", 1, 50))
+        assert first["inbox"]["emails"] == listed and first["inbox"]["total"] == total
+        # The read entry point serves reads only.
+        with pytest.raises(ray.exceptions.RayTaskError, match="not a read"):
+            ray.get(shard.read.remote(codec.encode(["blob_keys"])))
+
+        ray.kill(shard, no_restart=False)
+        # The lost link's reads go through Ray, which waits for the restarted shard.
+        assert await read_all() == first
+        assert router()["read_ray_calls"] > after["read_ray_calls"]
+        for _ in range(100):  # the gateway looks for the new link after a second
+            await asyncio.sleep(0.1)
+            links = router()["read_link_calls"]
+            if (await read_all()) == first and router()["read_link_calls"] > links:
+                break
+        else:
+            pytest.fail("reads never went over the restarted shard's link")
+    finally:
+        app.deployment.stop()
