@@ -1,8 +1,11 @@
 """Attachment throughput, upload memory and deduplication.
 
-Usage: python bench/attachments.py [--s3]
+Usage: python bench/attachments.py [--s3] [--streams N]
 - upload and download MB/s through the API for 1 MiB and 50 MiB files, next to a
-  plain fsspec copy of the same bytes to/from the same storage in the same run;
+  plain fsspec copy of the same bytes to/from the same storage in the same run: one
+  transfer at a time, then N at once (default 4) on both sides. The API's client is
+  curl (transfers in one process over kept-alive connections, timed by curl itself);
+  the fsspec copy is ``put_file``/``get_file`` between a local file and the storage;
 - peak gateway memory over its baseline while a 100 MiB upload streams in;
 - stored bytes vs logical bytes when one attachment goes to many recipients.
 With --s3 the storage is a real S3-compatible server (moto) on loopback.
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -27,61 +33,102 @@ from ws_idle import rss_kib
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 MiB = 1024 * 1024
+WARMUP = 3  # transfers each way before any timing, on both sides
 
 
-def fsspec_copy(store, data: bytes) -> tuple[float, float]:
-    """Seconds for a plain fsspec upload (put_file from a local file) and download of ``data``."""
-    with tempfile.NamedTemporaryFile(delete=False) as fh:
-        fh.write(data)
-        src = fh.name
-    dst = f"{store.root}/bench/{os.urandom(8).hex()}"
+def curl(transfers: list[list[str]], streams: int) -> float:
+    """Seconds for curl to run ``transfers`` (each a list of curl options and a URL):
+    the sum of curl's own per-transfer times one at a time, or the wall time of one
+    ``--parallel`` run with ``streams`` at once."""
+    cmd = ["curl", "-sS", "--fail-with-body"]
+    if streams > 1:
+        cmd += ["--parallel", "--parallel-immediate", "--parallel-max", str(streams)]
+    for i, t in enumerate(transfers):
+        cmd += (["--next"] if i else []) + ["-w", "%{http_code} %{time_total}\n"] + t
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 * len(transfers) or any(c[0] != "2" for c in lines[::2]):
+        raise RuntimeError(f"curl failed ({out.returncode}): {out.stdout[-300:]} {out.stderr[-300:]}")
+    return wall if streams > 1 else sum(float(t) for t in lines[1::2])
+
+
+class Api:
+    def __init__(self, port: int, token: str) -> None:
+        self.url = f"http://127.0.0.1:{port}/v1/attachments"
+        self.auth = ["-H", f"Authorization: Bearer {token}"]
+
+    def upload(self, files: list[str], streams: int) -> tuple[float, list[str]]:
+        took = curl([self.auth + ["-H", "Content-Type: application/octet-stream", "--data-binary", f"@{f}",
+                                  "-o", f"{f}.json", self.url] for f in files], streams)
+        return took, [json.loads(Path(f"{f}.json").read_text())["id"] for f in files]
+
+    def download(self, ids: list[str], into: list[str], streams: int) -> float:
+        return curl([self.auth + ["-o", dst, f"{self.url}/{aid}"] for aid, dst in zip(ids, into)], streams)
+
+
+def fsspec_copy(store, files: list[str], streams: int) -> tuple[float, float]:
+    """Seconds for a plain fsspec upload (``put_file`` from the local file) and
+    download (``get_file`` to a local file) of each file: summed one at a time, or
+    the wall time with ``streams`` threads at once."""
     store.fs.makedirs(f"{store.root}/bench", exist_ok=True)
-    t0 = time.perf_counter()
-    store.fs.put_file(src, dst)
-    up = time.perf_counter() - t0
-    back = src + ".back"
-    t0 = time.perf_counter()
-    store.fs.get_file(dst, back)
-    down = time.perf_counter() - t0
-    store.fs.rm_file(dst)
-    os.unlink(src)
-    os.unlink(back)
+    dsts = [f"{store.root}/bench/{os.urandom(8).hex()}" for _ in files]
+
+    def timed(fn, pairs) -> float:
+        if streams == 1:
+            total = 0.0
+            for a, b in pairs:
+                t0 = time.perf_counter()
+                fn(a, b)
+                total += time.perf_counter() - t0
+            return total
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(streams) as pool:
+            list(pool.map(lambda ab: fn(*ab), pairs))
+        return time.perf_counter() - t0
+
+    up = timed(store.fs.put_file, list(zip(files, dsts)))
+    down = timed(store.fs.get_file, [(d, f"{f}.fs") for d, f in zip(dsts, files)])
+    for d, f in zip(dsts, files):
+        store.fs.rm_file(d)
+        os.unlink(f"{f}.fs")
     return up, down
 
 
-def durable_floor(store, data: bytes) -> float:
+def durable_floor(store, path: str) -> float:
     """Seconds for the work no content-addressed, durable upload can skip: SHA-256 of
     the bytes plus writing and fsync'ing them (file://) - a floor, not a baseline."""
     import hashlib
 
+    data = Path(path).read_bytes()
     t0 = time.perf_counter()
     hashlib.sha256(data).digest()
     if store.local:
         from raymail.store.log import write_new_file
 
-        path = f"{store.root}/bench-floor-{os.urandom(4).hex()}"
+        dst = f"{store.root}/bench-floor-{os.urandom(4).hex()}"
         try:
-            write_new_file(path, data)
+            write_new_file(dst, data)
         finally:
-            os.unlink(path)
+            os.unlink(dst)
     return time.perf_counter() - t0
 
 
-def loopback_tcp(data: bytes) -> float:
-    """Seconds to move ``data`` over one loopback TCP connection at its fastest (the
+def loopback_tcp(path: str) -> float:
+    """Seconds to move the file over one loopback TCP connection at its fastest (the
     sender ``sendfile``s from the page cache, the receiver ``recv_into``s a reused
     buffer): no HTTP download or upload can beat it on this machine."""
     import socket
 
-    with tempfile.NamedTemporaryFile() as fh:
-        fh.write(data)
-        fh.flush()
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
         srv = socket.create_server(("127.0.0.1", 0))
 
         def send() -> None:
             conn, _ = srv.accept()
             with conn:
-                os.sendfile(conn.fileno(), fh.fileno(), 0, len(data))
+                os.sendfile(conn.fileno(), fh.fileno(), 0, size)
 
         sender = threading.Thread(target=send)
         sender.start()
@@ -96,60 +143,56 @@ def loopback_tcp(data: bytes) -> float:
     return took
 
 
-def sha256_only(data: bytes) -> float:
-    """Seconds to SHA-256 ``data``: the least a content-addressed upload must spend."""
+def sha256_only(path: str) -> float:
+    """Seconds to SHA-256 the file in 1 MiB pieces, as an upload is hashed: the least
+    a content-addressed upload must spend."""
     import hashlib
 
+    data = memoryview(Path(path).read_bytes())
     t0 = time.perf_counter()
-    hashlib.sha256(data).digest()
+    h = hashlib.sha256()
+    for i in range(0, len(data), MiB):
+        h.update(data[i : i + MiB])
+    h.digest()
     return time.perf_counter() - t0
 
 
-async def api_copy(c: httpx.AsyncClient, data: bytes) -> tuple[float, float, str]:
-    t0 = time.perf_counter()
-    r = await c.post("/v1/attachments", content=data, headers={"Content-Type": "application/octet-stream"})
-    up = time.perf_counter() - t0
-    assert r.status_code == 201, r.text
-    aid = r.json()["id"]
-    t0 = time.perf_counter()
-    n = 0
-    async with c.stream("GET", f"/v1/attachments/{aid}") as resp:
-        async for chunk in resp.aiter_bytes(1 << 20):
-            n += len(chunk)
-    down = time.perf_counter() - t0
-    assert n == len(data)
-    return up, down, aid
+def _random_files(tmp: Path, prefix: str, size: int, count: int) -> list[str]:
+    files = []
+    for i in range(count):
+        f = tmp / f"{prefix}{i}"
+        f.write_bytes(os.urandom(size))
+        files.append(str(f))
+    return files
 
 
-def throughput(dep, cfg, token: str, size: int, count: int) -> dict:
-    from raymail.store.blobs import BlobStore
-
-    store = BlobStore(cfg.storage_url, cfg.storage.options)
-    api_up = api_down = fs_up = fs_down = 0.0
-
-    async def run_api(datas: list[bytes]) -> tuple[float, float]:
-        up = down = 0.0
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{dep.port}", timeout=300,
-                                     headers={"Authorization": f"Bearer {token}"}) as c:
-            for data in datas:
-                u, d, _ = await api_copy(c, data)
-                up += u
-                down += d
-        return up, down
-
-    datas = [os.urandom(size) for _ in range(count)]
-    api_up, api_down = asyncio.run(run_api(datas))
-    floor = tcp = sha = 0.0
-    for data in datas:
-        u, d = fsspec_copy(store, data)
-        fs_up += u
-        fs_down += d
-        floor += durable_floor(store, data)
-        tcp += loopback_tcp(data)
-        sha += sha256_only(data)
-    mb = size * count / MiB
-    return {"api_up": mb / api_up, "api_down": mb / api_down, "fs_up": mb / fs_up, "fs_down": mb / fs_down,
-            "floor_up": mb / floor, "tcp": mb / tcp, "sha": mb / sha}
+def throughput(api: Api, store, size: int, count: int, streams: int, ceilings: bool) -> dict:
+    """MB/s of each way of moving ``count`` fresh files of ``size`` bytes, after a
+    warm-up of both (new bytes each time: nothing is deduplicated)."""
+    tmp = Path(tempfile.mkdtemp(prefix="raymail-bench-att-"))
+    try:
+        warm = _random_files(tmp, "warm", MiB, WARMUP)
+        _, ids = api.upload(warm, streams)
+        api.download(ids, [f"{f}.api" for f in warm], streams)
+        fsspec_copy(store, warm, streams)
+        files = _random_files(tmp, "f", size, count)
+        api_up, ids = api.upload(files, streams)
+        api_down = api.download(ids, [f"{f}.api" for f in files], streams)
+        for f in files:
+            if Path(f"{f}.api").read_bytes() != Path(f).read_bytes():
+                raise RuntimeError("a download differs from its upload")
+        fs_up, fs_down = fsspec_copy(store, files, streams)
+        out = {"api_up": api_up, "api_down": api_down, "fs_up": fs_up, "fs_down": fs_down}
+        if ceilings:
+            out["floor"] = sum(durable_floor(store, f) for f in files)
+            out["tcp"] = sum(loopback_tcp(f) for f in files)
+            out["sha"] = sum(sha256_only(f) for f in files)
+        mb = size * count / MiB
+        return {k: mb / v for k, v in out.items()}
+    finally:
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
 
 
 def peak_upload_memory(dep, token: str, size: int) -> tuple[int, int]:
@@ -214,6 +257,7 @@ def dedup(dep, cfg, users: list[dict], sends: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--s3", action="store_true")
+    ap.add_argument("--streams", type=int, default=4, help="transfers at once in the concurrent rounds")
     args = ap.parse_args()
     sections = {"limits": {"max_attachment_bytes": 128 * MiB, "max_message_bytes": 128 * MiB}}
     server = None
@@ -225,20 +269,25 @@ def main() -> None:
     progress(f"starting raymail ({'s3 via moto' if args.s3 else 'file://'})")
     dep, cfg, directory = start(**sections)
     users = make_users(directory, 51)
-    store_local = not args.s3
     token = users[0]["token"]
-    for size, count in ((MiB, 20), (50 * MiB, 3)):
-        progress(f"throughput: {count} x {size // MiB} MiB")
-        t = throughput(dep, cfg, token, size, count)
-        print(f"{size // MiB:>3} MiB files: upload {t['api_up']:.0f} MB/s via API vs {t['fs_up']:.0f} MB/s plain fsspec "
-              f"({t['api_up'] / t['fs_up']:.2f}x); download {t['api_down']:.0f} MB/s vs {t['fs_down']:.0f} MB/s "
-              f"({t['api_down'] / t['fs_down']:.2f}x)")
-        if store_local:
-            print(f"{'':>11}upload floor (sha256 + write + fsync) {t['floor_up']:.0f} MB/s, the API reaches "
-                  f"{t['api_up'] / t['floor_up']:.2f}x of it")
-            print(f"{'':>11}ceilings on this machine: SHA-256 alone {t['sha']:.0f} MB/s "
-                  f"({t['sha'] / t['fs_up']:.2f}x of the fsspec upload), one loopback TCP stream at its fastest "
-                  f"{t['tcp']:.0f} MB/s ({t['tcp'] / t['fs_down']:.2f}x of the fsspec download)")
+    from raymail.store.blobs import BlobStore
+
+    store = BlobStore(cfg.storage_url, cfg.storage.options)
+    api = Api(dep.port, token)
+    for size, count in ((MiB, 40), (50 * MiB, 4)):
+        for streams in (1, args.streams):
+            how = "one at a time" if streams == 1 else f"{streams} at once"
+            progress(f"throughput: {count} x {size // MiB} MiB, {how}")
+            t = throughput(api, store, size, count, streams, ceilings=store.local and streams == 1)
+            print(f"{size // MiB:>3} MiB files, {how:>13}: upload {t['api_up']:.0f} MB/s via API vs {t['fs_up']:.0f} "
+                  f"MB/s plain fsspec ({t['api_up'] / t['fs_up']:.2f}x); download {t['api_down']:.0f} vs "
+                  f"{t['fs_down']:.0f} MB/s ({t['api_down'] / t['fs_down']:.2f}x)", flush=True)
+            if "floor" in t:
+                print(f"{'':>30}upload floor (sha256 + write + fsync) {t['floor']:.0f} MB/s, the API reaches "
+                      f"{t['api_up'] / t['floor']:.2f}x of it")
+                print(f"{'':>30}ceilings on this machine: SHA-256 alone {t['sha']:.0f} MB/s "
+                      f"({t['sha'] / t['fs_up']:.2f}x of the fsspec upload), one loopback TCP stream at its "
+                      f"fastest {t['tcp']:.0f} MB/s ({t['tcp'] / t['fs_down']:.2f}x of the fsspec download)")
     progress("peak memory during a 100 MiB upload")
     base, peak = peak_upload_memory(dep, token, 100 * MiB)
     print(f"100 MiB upload: gateway RSS {base / 1024:.0f} MiB -> peak {peak / 1024:.0f} MiB "
