@@ -435,22 +435,32 @@ class _ObjectStream:
         self.done = False
 
     def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes, fewer only at the end: one call into s3fs's event loop,
+        however many pieces the body arrives in."""
         if self.done:
             return b""
+        return fsspec.asyn.sync(self.fs.loop, self._read, n)
+
+    async def _read(self, n: int) -> bytes:
         if self.body is None:
             try:
-                resp = fsspec.asyn.sync(self.fs.loop, self.fs._call_s3, "get_object", Bucket=self.bucket,
-                                        Key=self.key, Range=self.range)
+                resp = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.key, Range=self.range)
             except OSError as exc:
                 if _past_the_end(exc):  # nothing to read there
                     self.done = True
                     return b""
                 raise
             self.body = resp["Body"]
-        data = fsspec.asyn.sync(self.fs.loop, self.body.read, n)
-        if not data:
-            self.done = True
-        return data
+        pieces: list[bytes] = []
+        got = 0
+        while got < n:
+            piece = await self.body.read(n - got)  # what has arrived, up to the rest of n
+            if not piece:
+                self.done = True
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def close(self) -> None:
         if self.body is not None:

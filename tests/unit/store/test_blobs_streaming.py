@@ -551,6 +551,19 @@ def test_reader_streams_the_asked_bytes(store: BlobStore, start, stop):
     assert got == BLOB[start:stop]
 
 
+def test_reader_reads_whole_pieces_until_the_end(store: BlobStore):
+    """A read returns all it was asked for, however the body arrives, and less only at
+    the end: a 1 MiB read is one call, not one per network packet."""
+    data = data_of(3 * 1024 * 1024 + 5)
+    key = store.put("att", data)
+    reader = store.reader(key)
+    try:
+        sizes = [len(reader.read(1024 * 1024)) for _ in range(5)]
+    finally:
+        reader.close()
+    assert sizes == [1024 * 1024] * 3 + [5, 0]
+
+
 def test_reader_past_the_end_reads_nothing(store: BlobStore):
     key = store.put("att", BLOB)
     assert read_all(store.reader(key, len(BLOB) + 10)) == b""
