@@ -7,7 +7,7 @@ import dataclasses
 import msgpack
 import pytest
 
-from raymail import codec
+from raymail import codec, search
 from raymail.model import (
     Address,
     AddUpload,
@@ -79,6 +79,9 @@ SAMPLES = [
     records.Unsuppress(scope="global", address="b@example.org"),
     records.Requeue(message="o1", rcpt="b@example.org", ts=4.5),
     records.DsnDone(message="o1", rcpts=("b@example.org", "c@example.org")),
+    search.Clause(words=("quarterly", "report"), fields=("subject",), phrase=True),
+    # A query as the gateway parses it and sends it to a shard.
+    search.parse('quarterly "exact phrase" -draft from:alice', folder="inbox", unread="true", after="2026-01-01"),
 ]
 
 
