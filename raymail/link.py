@@ -1,5 +1,6 @@
 """A same-host fast path for calls that carry mail in bulk (gateway -> mailbox shard,
-gateway -> outbound spool, sender -> outbound spool).
+gateway -> outbound spool, sender -> outbound spool) and for the users' reads
+(gateway -> mailbox shard).
 
 A Ray call costs 1-3 ms on an idle machine and about 10 ms when both processes are
 busy: the request and the reply each cross Ray's own threads and wait for the GIL

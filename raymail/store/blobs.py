@@ -150,7 +150,7 @@ class Upload:
                 # blob this small the question costs as much as sending it again,
                 # and the same bytes under the same key are still stored once (the
                 # PUT also renews LastModified for garbage collection).
-                fs.pipe_file(final, b"".join(self._small), **_checked(self.sha.digest()))
+                self.store._put_objects([(final, b"".join(self._small), self.sha.digest())])
                 self._small = []
             else:
                 self._fh.close()
@@ -245,19 +245,23 @@ class BlobStore:
                 # One concurrent batch of PUTs; each is atomic, and a PUT of the same
                 # bytes just replaces them (renewing LastModified).
                 if sends:
-                    fsspec.asyn.sync(self.fs.loop, self._pipe_all, sends)
+                    self._put_objects(sends)
         except Exception as exc:  # noqa: BLE001 - mapped at the boundary
             raise StorageError(f"could not store blob {keys[0]}: {exc}") from exc
         return keys
 
-    async def _pipe_all(self, sends: list[tuple[str, bytes, bytes]]) -> None:
-        """PUT each (path, data, sha256 digest) at once (the client's connection pool
-        bounds how many are in flight)."""
-        # The checksum is an argument of one PUT: a multipart upload's parts get the
-        # client's default CRC32.
-        await asyncio.gather(*(
-            self.fs._pipe_file(path, data, **(_checked(digest) if len(data) < S3FS_SINGLE_PUT_BYTES else {}))
-            for path, data, digest in sends))
+    def _put_objects(self, sends: list[tuple[str, bytes, bytes]]) -> None:
+        """PUT each (path, data, sha256 digest) to the object store at once (the
+        client's connection pool bounds how many are in flight)."""
+
+        async def put_all() -> None:
+            # The checksum is an argument of one PUT: a multipart upload's parts get
+            # the client's default CRC32.
+            await asyncio.gather(*(
+                self.fs._pipe_file(path, data, **(_checked(digest) if len(data) < S3FS_SINGLE_PUT_BYTES else {}))
+                for path, data, digest in sends))
+
+        fsspec.asyn.sync(self.fs.loop, put_all)
 
     def _put_streamed(self, local_path: str, path: str, size: int, digest: bytes) -> None:
         """One PUT of a local file to the object store, read as it is sent: memory
