@@ -200,16 +200,21 @@ class FilesApi:
 
     async def _open(self, ref: AttachmentRef, start: int, stop: int) -> tuple[bytes, BlobReader | None]:
         blobs = self.svc.blobs
-        fh = None
+
+        def open_and_read() -> tuple[bytes, BlobReader]:  # one worker-thread round trip
+            fh = blobs.reader(ref.blob, start, stop)
+            try:
+                return fh.read(min(READ_CHUNK_BYTES, stop - start)), fh
+            except BaseException:
+                fh.close()
+                raise
+
         try:
             if stop <= start:  # an empty blob: only its presence to check
                 await asyncio.to_thread(blobs.size, ref.blob)
                 return b"", None
-            fh = await asyncio.to_thread(blobs.reader, ref.blob, start, stop)
-            return await asyncio.to_thread(fh.read, min(READ_CHUNK_BYTES, stop - start)), fh
+            return await asyncio.to_thread(open_and_read)
         except StorageError as exc:
-            if fh is not None:
-                await asyncio.to_thread(fh.close)
             if isinstance(exc, BlobMissing):
                 raise Gone("the attachment's content is missing from storage", code="content_missing") from exc
             raise Unavailable("attachment storage is unavailable; retry later") from exc
@@ -226,7 +231,9 @@ class FilesApi:
                 chunk = await asyncio.to_thread(fh.read, min(READ_CHUNK_BYTES, stop - pos))
                 pos += len(chunk)
         finally:
-            await asyncio.to_thread(fh.close)
+            # Closed beside the response rather than before its end goes out (closing
+            # cannot fail: nothing was written).
+            asyncio.get_running_loop().run_in_executor(None, fh.close)
 
     async def lookup(self, user: User, attachment_id: str) -> AttachmentRef | None:
         """The attachment if ``user`` may use it (uploaded or received), else None."""

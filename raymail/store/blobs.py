@@ -467,8 +467,14 @@ class _ObjectStream:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def close(self) -> None:
-        if self.body is not None:
-            self.body.close()
+        """A body read to its end has given its connection back already; one left
+        part-way is closed on s3fs's loop, which owns it."""
+        if self.body is not None and not self.done:
+            fsspec.asyn.sync(self.fs.loop, self._close)
+        self.body = None
+
+    async def _close(self) -> None:
+        self.body.close()
 
 
 class BlobReader:

@@ -56,6 +56,26 @@ async def test_upload_download_range_and_dedup(storage_app):
         assert (await c.get(f"/v1/attachments/{meta['id']}")).status_code == 404
 
 
+async def test_downloads_left_part_way_leave_the_next_ones_unharmed(storage_app):
+    """Clients that hang up mid-download (more of them than the storage client keeps
+    connections) leave the next downloads unharmed, on the read the gateway had in
+    flight and on the storage reader it closes."""
+    import asyncio
+
+    app = storage_app
+    alice = app.user()
+    data = os.urandom(2 * 1024 * 1024 - 1000)  # two pieces of the gateway's reads
+    aid = (await upload(app, alice["token"], data, ctype="application/zip", filename="big.zip")).json()["id"]
+    for _ in range(12):
+        async with app.client(alice["token"]) as c, c.stream("GET", f"/v1/attachments/{aid}") as resp:
+            assert resp.status_code == 200
+            async for _chunk in resp.aiter_raw(64 * 1024):
+                break  # hang up after the first piece
+    async with app.client(alice["token"]) as c:
+        whole = await asyncio.wait_for(c.get(f"/v1/attachments/{aid}"), 20)
+        assert whole.status_code == 200 and whole.content == data
+
+
 async def test_send_with_attachments_and_access(storage_app):
     app = storage_app
     alice, bob, carol = app.user(), app.user(), app.user()
