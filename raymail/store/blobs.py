@@ -270,8 +270,8 @@ class BlobStore:
 
         async def put() -> None:
             # The client is asked directly: s3fs's own retry loop would send the file
-            # again from where the failed attempt stopped reading it. botocore's
-            # retries rewind the file.
+            # again from where the failed attempt stopped reading it. The client's own
+            # retries rewind it (tested with a connection cut mid-body).
             await self.fs.set_session()
             with open(local_path, "rb") as body:
                 await self.fs.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=size, **_checked(digest))

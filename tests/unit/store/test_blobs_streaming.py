@@ -6,13 +6,16 @@ a local ``moto_server`` (started once for the module).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import os
 import random
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -576,3 +579,67 @@ def test_reader_past_the_end_reads_nothing(store: BlobStore):
 def test_reader_of_a_missing_blob_raises_blob_missing_by_the_first_read(store: BlobStore):
     with pytest.raises(BlobMissing):
         read_all(store.reader(MISSING))
+
+
+class _CutOnce:
+    """A TCP proxy to the S3 server that breaks the first connection to carry more
+    than ``after`` bytes, mid-body; every other connection passes whole."""
+
+    def __init__(self, upstream: str, after: int) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.after = after
+        self.cut = 0
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.srv.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, upload: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                sent += len(data)
+                if upload and sent > self.after and not self.cut:
+                    self.cut += 1
+                    for s in (src, dst):  # a reset, as when a network path dies
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        s.close()
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.srv.close()
+
+
+def test_a_streamed_put_cut_mid_body_is_sent_again_whole(s3_options, moto, tmp_path):
+    """The client retries a PUT whose connection broke mid-body, rewinding the spool
+    file: what is stored is the whole blob, not its tail."""
+    proxy = _CutOnce(moto.endpoint, after=3 * 1024 * 1024)
+    try:
+        options = {**s3_options, "endpoint_url": proxy.endpoint,
+                   "config_kwargs": {"read_timeout": 10, "retries": {"max_attempts": 3, "mode": "standard"}}}
+        store = BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", options, spool_dir=tmp_path / "spool")
+        data = data_of(UPLOAD_PART_BYTES + 4 * 1024 * 1024)  # spooled, then one streamed PUT
+        key, sha, _ = stream(store, [data[:UPLOAD_PART_BYTES], data[UPLOAD_PART_BYTES:]])
+        assert proxy.cut == 1, "the PUT was never cut: the test did not test anything"
+        assert sha == hashlib.sha256(data).hexdigest()
+        assert "-" not in store.fs.info(store._path(key))["ETag"]  # one PUT, sent again
+        assert store.get(key) == data
+    finally:
+        proxy.close()
