@@ -328,6 +328,11 @@ class MailboxShard:
             if not names:
                 del self._subs[uid]
 
+    def gateways_for(self, uid: str) -> list[str]:
+        """The gateways this shard pushes ``uid``'s events to (operators ask it when a
+        client says it gets nothing live)."""
+        return sorted(self._subs.get(uid, ()))
+
     def forget_gateway(self, gateway: str) -> None:
         """A gateway (re)started: it holds no sockets yet."""
         self._unsynced.discard(gateway)

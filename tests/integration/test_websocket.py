@@ -146,17 +146,30 @@ def _push_calls(app) -> dict[str, int]:
     return {st["name"]: st["push_calls"] for st in ray.get([g.stats.remote() for g in app.deployment.gateways])}
 
 
-def _subscribed_users(app) -> int:
+def _gateways_for(app, user) -> list[str]:
     import ray
 
-    return sum(st["subscribed_users"] for st in ray.get([s.stats.remote() for s in app.deployment.shards]))
+    from raymail.sharding import shard_of
+
+    shards = app.deployment.shards
+    return ray.get(shards[shard_of(user["uid"], len(shards))].gateways_for.remote(user["uid"]))
+
+
+async def _settled_gateways(app, user, expected: list[str]) -> list[str]:
+    """The gateways pushing to ``user`` once closed sockets' unsubscribes (fire and
+    forget) have arrived, or what they still are after 10 s."""
+    for _ in range(100):
+        if (got := _gateways_for(app, user)) == expected:
+            return got
+        await asyncio.sleep(0.1)
+    return got
 
 
 async def test_shards_push_only_to_gateways_holding_a_socket_for_the_user(app):
     alice, bob, carol = app.user(), app.user(), app.user()
-    subscribed = _subscribed_users(app)
     ws = await _ws_on_gateway(app, bob["token"], "gateway-1")
     try:
+        assert await _settled_gateways(app, bob, ["gateway-1"]) == ["gateway-1"]  # not the sockets tried on gateway-0
         before = _push_calls(app)
         await _send(app, alice["token"], carol["email"], 3, "nobody listens")
         await asyncio.sleep(0.3)
@@ -168,11 +181,7 @@ async def test_shards_push_only_to_gateways_holding_a_socket_for_the_user(app):
         assert after["gateway-0"] == before["gateway-0"]  # bob's socket is on the other process
     finally:
         await ws.close()
-    for _ in range(100):  # the unsubscribe is fire and forget
-        if _subscribed_users(app) == subscribed:
-            break
-        await asyncio.sleep(0.1)
-    assert _subscribed_users(app) == subscribed
+    assert await _settled_gateways(app, bob, []) == []
     before = _push_calls(app)
     await _send(app, alice["token"], bob["email"], 2, "bob is away")
     await asyncio.sleep(0.3)
