@@ -1,9 +1,9 @@
 """Search queries without I/O: the Gmail-style syntax, tokenizing, and matching.
 
 ``parse("from:alice has:attachment is:unread in:inbox before:2026-01-01 \\"exact phrase\\" report")``
-returns a ``SearchQuery``. Words are tokenized the way the index tokenizes text
-(tantivy's default: runs of letters and digits, lower-cased, at most 40 bytes),
-so the in-memory part of the index and the committed part agree.
+returns a ``SearchQuery``. Words are tokenized by the index's own analyzer
+(tantivy's default: runs of letters and digits, lower-cased, under 40 bytes), so the
+in-memory part of the index and the committed part agree in every script.
 """
 
 from __future__ import annotations
@@ -12,11 +12,19 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import tantivy
+
 MAX_QUERY_CHARS = 512
 MAX_CLAUSES = 32
 TEXT_FIELDS = ("from_", "to", "cc", "subject", "body", "filenames")
 _FIELD_OPERATORS = {"from": "from_", "to": "to", "cc": "cc", "subject": "subject", "filename": "filenames"}
-_WORD_RE = re.compile(r"[^\W_]+")
+# tantivy's "default" tokenizer is the simple tokenizer (runs of Rust
+# ``char::is_alphanumeric``, which keeps combining vowel signs inside a word), then
+# tokens of 40 bytes or more dropped (measured before lower-casing), then lower-casing.
+# The same steps run here, with the length taken from the token as split.
+_SPLIT = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).build()
+_SPLIT_LOWER = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).filter(tantivy.Filter.lowercase()).build()
+MAX_TOKEN_BYTES = 39
 _FORBIDDEN = set("()[]{}^~*\\")
 _FOLDERS = ("inbox", "sent", "archive", "trash", "junk")
 
@@ -25,23 +33,21 @@ class QueryError(ValueError):
     """The query cannot be understood; the message says what to change."""
 
 
-def _lower(word: str) -> str:
-    # One character at a time, as tantivy's lower-caser does (a final capital
-    # sigma becomes "σ", where str.lower() would give "ς").
-    return word.lower() if word.isascii() else "".join(map(str.lower, word))
-
-
 def tokenize(text: str, keep_gaps: bool = False) -> list[str | None]:
     """The index's tokens: runs of letters and digits, lower-cased, under 40 bytes.
 
     With ``keep_gaps`` a dropped (over-long) token leaves a None, so positions,
     and with them phrase matches, agree with the index.
     """
+    lowered = _SPLIT_LOWER.analyze(text)
+    # A character is at most 4 bytes and lower-casing never shortens a token, so
+    # with no token over 9 characters none was dropped: the usual case, one call.
+    if all(len(t) <= MAX_TOKEN_BYTES // 4 for t in lowered):
+        return list(lowered)
     out: list[str | None] = []
-    for w in _WORD_RE.findall(text):
-        t = _lower(w)
-        if len(t.encode()) < 40:
-            out.append(t)
+    for split, low in zip(_SPLIT.analyze(text), lowered, strict=True):
+        if len(split.encode()) <= MAX_TOKEN_BYTES:
+            out.append(low)
         elif keep_gaps:
             out.append(None)
     return out
