@@ -97,6 +97,8 @@ class FilesApi:
             raise Unavailable(f"attachment storage is unavailable; retry later ({exc})") from exc
         # A pipeline: while one buffer is hashed and written in a worker thread, the
         # event loop receives the next. At most WRITE_QUEUE buffers wait: bounded memory.
+        # A small upload to an object store (kept in memory until its one PUT) is
+        # hashed on the loop as it arrives instead: no I/O, no thread round trips.
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=WRITE_QUEUE)
 
         failed: list[StorageError] = []
@@ -117,6 +119,7 @@ class FilesApi:
         pending: list[bytes] = []
         pending_bytes = 0
         total = 0
+        inline = True
 
         async def hand_over(data: bytes) -> None:
             if failed:
@@ -128,6 +131,11 @@ class FilesApi:
                 total += len(chunk)
                 if total > self.limit_bytes:
                     raise PayloadTooLarge(f"attachments are limited to {self.limit_bytes} bytes")
+                if inline:
+                    if upload.fits_in_memory(len(chunk)):
+                        upload.write(chunk)  # hashed as it arrives; no I/O
+                        continue
+                    inline = False  # from here on, in order through the worker thread
                 pending.append(chunk)
                 pending_bytes += len(chunk)
                 if pending_bytes >= WRITE_BUFFER_BYTES:
@@ -139,7 +147,7 @@ class FilesApi:
                 await hand_over(b"".join(pending))
             await queue.put(None)
             await writing
-            key, sha, size = await asyncio.to_thread(upload.commit)
+            key, sha, size = await upload.commit_async()
         except StorageError as exc:
             writing.cancel()
             await asyncio.to_thread(upload.abort)
@@ -200,20 +208,11 @@ class FilesApi:
 
     async def _open(self, ref: AttachmentRef, start: int, stop: int) -> tuple[bytes, BlobReader | None]:
         blobs = self.svc.blobs
-
-        def open_and_read() -> tuple[bytes, BlobReader]:  # one worker-thread round trip
-            fh = blobs.reader(ref.blob, start, stop)
-            try:
-                return fh.read(min(READ_CHUNK_BYTES, stop - start)), fh
-            except BaseException:
-                fh.close()
-                raise
-
         try:
             if stop <= start:  # an empty blob: only its presence to check
                 await asyncio.to_thread(blobs.size, ref.blob)
                 return b"", None
-            return await asyncio.to_thread(open_and_read)
+            return await blobs.open_and_read(ref.blob, start, stop, min(READ_CHUNK_BYTES, stop - start))
         except StorageError as exc:
             if isinstance(exc, BlobMissing):
                 raise Gone("the attachment's content is missing from storage", code="content_missing") from exc
@@ -228,7 +227,7 @@ class FilesApi:
                 yield chunk
                 if pos >= stop:
                     break
-                chunk = await asyncio.to_thread(fh.read, min(READ_CHUNK_BYTES, stop - pos))
+                chunk = await fh.aread(min(READ_CHUNK_BYTES, stop - pos))
                 pos += len(chunk)
         finally:
             # Closed beside the response rather than before its end goes out (closing

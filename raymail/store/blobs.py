@@ -65,6 +65,12 @@ UPLOAD_CONCURRENCY = 3  # multipart parts in flight at once per upload: 24 MiB o
 S3FS_SINGLE_PUT_BYTES = 100 * 1024 * 1024
 
 
+async def _on_loop(fs, coro):
+    """Await ``coro`` on the storage client's own event loop (s3fs runs one in its
+    thread) from another loop, with no worker thread between."""
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, fs.loop))
+
+
 def _checked(digest: bytes) -> dict:
     """A PUT's argument that has the object store check the body against its SHA-256
     (computed already for the key), so the client neither signs the body by hashing
@@ -98,6 +104,27 @@ class Upload:
                 self._small = []
         except Exception as exc:  # noqa: BLE001 - mapped at the boundary
             raise StorageError(f"storage is unavailable: {exc}") from exc
+
+    def fits_in_memory(self, more: int) -> bool:
+        """True when writing ``more`` bytes next does no I/O (they join a small
+        upload to an object store, kept in memory until the commit)."""
+        return self._small is not None and self._small_bytes + more <= UPLOAD_PART_BYTES
+
+    async def commit_async(self) -> tuple[str, str, int]:
+        """``commit`` for an event loop: a small upload to an object store is sent
+        on the storage client's own loop, with no worker thread between."""
+        if self._small is None or self._aborted or self._done is not None:
+            return await asyncio.to_thread(self.commit)
+        sha = self.sha.hexdigest()
+        key = blob_key(self.kind, sha)
+        data, self._small = b"".join(self._small), []
+        try:
+            await _on_loop(self.store.fs, self.store._put_objects_async([(self.store._path(key), data, self.sha.digest())]))
+        except Exception as exc:  # noqa: BLE001
+            self.abort()
+            raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
+        self._done = (key, sha, self.size)
+        return self._done
 
     def write(self, data: bytes) -> None:
         """Hash and keep ``data``, the next bytes of the blob; calls must come in
@@ -253,15 +280,14 @@ class BlobStore:
     def _put_objects(self, sends: list[tuple[str, bytes, bytes]]) -> None:
         """PUT each (path, data, sha256 digest) to the object store at once (the
         client's connection pool bounds how many are in flight)."""
+        fsspec.asyn.sync(self.fs.loop, self._put_objects_async, sends)
 
-        async def put_all() -> None:
-            # The checksum is an argument of one PUT: a multipart upload's parts get
-            # the client's default CRC32.
-            await asyncio.gather(*(
-                self.fs._pipe_file(path, data, **(_checked(digest) if len(data) < S3FS_SINGLE_PUT_BYTES else {}))
-                for path, data, digest in sends))
-
-        fsspec.asyn.sync(self.fs.loop, put_all)
+    async def _put_objects_async(self, sends: list[tuple[str, bytes, bytes]]) -> None:
+        # The checksum is an argument of one PUT: a multipart upload's parts get
+        # the client's default CRC32.
+        await asyncio.gather(*(
+            self.fs._pipe_file(path, data, **(_checked(digest) if len(data) < S3FS_SINGLE_PUT_BYTES else {}))
+            for path, data, digest in sends))
 
     def _put_streamed(self, local_path: str, path: str, size: int, digest: bytes) -> None:
         """One PUT of a local file to the object store, read as it is sent: memory
@@ -396,6 +422,26 @@ class BlobStore:
                 fh = _ObjectStream(self.fs, self._path(key), start, stop)
             return BlobReader(key, fh)
 
+    async def open_and_read(self, key: str, start: int, stop: int, n: int) -> tuple[bytes, BlobReader]:
+        """``reader(key, start, stop)`` and its first ``read(n)``, for an event loop:
+        one worker-thread round trip for a local file, none for an object store."""
+        if self.local:
+            def both() -> tuple[bytes, BlobReader]:
+                fh = self.reader(key, start, stop)
+                try:
+                    return fh.read(n), fh
+                except BaseException:
+                    fh.close()
+                    raise
+
+            return await asyncio.to_thread(both)
+        fh = self.reader(key, start, stop)
+        try:
+            return await fh.aread(n), fh
+        except BaseException:
+            await asyncio.to_thread(fh.close)  # a body cut part-way is closed on its own loop
+            raise
+
     def delete(self, key: str) -> None:
         try:
             self.fs.rm_file(self._path(key))
@@ -428,8 +474,9 @@ def _past_the_end(exc: OSError) -> bool:
 
 
 class _ObjectStream:
-    """One ranged GET whose body is read as it arrives (s3fs's own event loop runs
-    the requests; callers block in a worker thread, as for every fsspec call)."""
+    """One ranged GET whose body is read as it arrives. s3fs's own event loop runs
+    the requests: ``read`` blocks a worker thread on it, as every fsspec call does;
+    ``aread`` awaits it from another event loop."""
 
     def __init__(self, fs, path: str, start: int, stop: int | None) -> None:
         self.fs = fs
@@ -444,6 +491,12 @@ class _ObjectStream:
         if self.done:
             return b""
         return fsspec.asyn.sync(self.fs.loop, self._read, n)
+
+    async def aread(self, n: int) -> bytes:
+        """``read`` for an event loop other than s3fs's own."""
+        if self.done:
+            return b""
+        return await _on_loop(self.fs, self._read(n))
 
     async def _read(self, n: int) -> bytes:
         if self.body is None:
@@ -487,6 +540,14 @@ class BlobReader:
     def read(self, n: int) -> bytes:
         with BlobStore._reading(self.key):
             return self._fh.read(n)
+
+    async def aread(self, n: int) -> bytes:
+        """``read`` for an event loop: an object's body is read on the storage
+        client's loop, a local file in a worker thread."""
+        with BlobStore._reading(self.key):
+            if isinstance(self._fh, _ObjectStream):
+                return await self._fh.aread(n)
+            return await asyncio.to_thread(self._fh.read, n)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # nothing was written: nothing to lose
