@@ -62,7 +62,8 @@ class MailboxShard:
         self.log = DurableLog(config.data_path / "mailboxes" / f"shard-{index:03d}")
         rec = self.log.recover()
         retained = config.mailbox.events_retained
-        self.state = ShardState.load(codec.decode(rec.snapshot), retained) if rec.snapshot else ShardState(retained)
+        self.state = (ShardState.load(codec.decode(rec.snapshot), retained, loaded_at=time.time()) if rec.snapshot
+                      else ShardState(retained))
         replayed = 0
         delivered: dict[str, Deliver] = {}
         deleted: set[str] = set()
@@ -87,6 +88,7 @@ class MailboxShard:
         }
         log.info("shard %d recovered: %s", index, self.recovered)
         self._committer = asyncio.get_event_loop().create_task(self._commit_index_loop())
+        self._expirer = asyncio.get_event_loop().create_task(self._expire_uploads_loop())
         # Gateways on this host send their writes and reads here rather than through Ray.
         self._link = LinkServer({"apply_batch": self.apply_batch, "read": self.read}, f"shard-{index}")
         self._link.start_soon()
@@ -140,6 +142,22 @@ class MailboxShard:
                     self.search_index.commit()
             except Exception:  # noqa: BLE001 - keep committing; the log has what the index misses
                 log.exception("shard %d: index commit failed", self.index)
+
+    async def _expire_uploads_loop(self) -> None:
+        """Uploads older than ``mailbox.upload_ttl_s`` are dropped, through the log
+        like any change; a blob no mail references is then garbage."""
+        ttl = self.config.mailbox.upload_ttl_s
+        while True:
+            await asyncio.sleep(min(ttl / 4, 300.0))
+            try:
+                now = time.time()
+                ops = self.state.expired_uploads(now - ttl, now)
+                if ops:
+                    await self.apply_batch(codec.encode(ops))
+                    log.info("shard %d: %d unsent uploads of %d users expired", self.index,
+                             sum(len(op.ids) for op in ops), len(ops))
+            except Exception:  # noqa: BLE001 - keep sweeping; nothing is lost by a late expiry
+                log.exception("shard %d: expiring uploads failed", self.index)
 
     async def reindex(self) -> dict:
         """Rebuild the index from the mailboxes and the stored messages."""

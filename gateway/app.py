@@ -91,6 +91,15 @@ async def read_json(request: Request, limit_bytes: int) -> object:
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
+def _duration(seconds: float) -> str:
+    """``seconds`` for people: "24 h", "90 min", "30 s"."""
+    if seconds >= 7200 and seconds % 3600 == 0:
+        return f"{seconds / 3600:.0f} h"
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:g} s"
+
+
 def _json(data: object, status: int = 200) -> Response:
     body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
     return Response(body, status_code=status, media_type="application/json")
@@ -132,7 +141,8 @@ class Api:
         missing = [a for a, r in zip(req.attachments, refs, strict=True) if r is None]
         if missing:
             raise Unprocessable(
-                f"unknown attachment id {missing[0]!r}: upload it with POST /v1/attachments first",
+                f"unknown attachment id {missing[0]!r}: upload it with POST /v1/attachments first "
+                f"(an upload can be named for {_duration(self.svc.config.mailbox.upload_ttl_s)})",
                 code="unknown_attachment",
             )
         total = sum(r.size for r in refs)

@@ -41,6 +41,7 @@ register(10, model.AddUpload)
 register(11, model.AuthSummary)
 register(12, search.Clause)
 register(13, search.SearchQuery)
+register(14, model.ExpireUploads)
 # Outbound spool records (raymail/outbound/records.py).
 register(21, records.OutboundMessage)
 register(22, records.Attempt)

@@ -82,6 +82,7 @@ class MailboxConfig:
     snapshot_every_bytes: int = 32 * 1024 * 1024
     events_retained: int = 5000
     index_commit_every_s: float = 1.0  # search index commit cadence (the in-memory part covers the gap)
+    upload_ttl_s: float = 86_400.0  # an upload can be named in sends this long; then only mail carrying it holds it
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"[gateway] allowed_origins entries must be like https://mail.example.com, got {origin!r}")
     _positive("mailbox", "snapshot_every_bytes", cfg.mailbox.snapshot_every_bytes)
     _positive("mailbox", "events_retained", cfg.mailbox.events_retained)
+    _positive("mailbox", "upload_ttl_s", cfg.mailbox.upload_ttl_s)
     _port("dns", "port", cfg.dns.port)
     _positive("dns", "timeout_s", cfg.dns.timeout_s)
     for server in cfg.dns.servers:

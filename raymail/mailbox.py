@@ -22,6 +22,7 @@ from raymail.model import (
     EmailMeta,
     Event,
     EventType,
+    ExpireUploads,
     Op,
     OpResult,
     Update,
@@ -31,8 +32,8 @@ from raymail.model import (
 class Mailbox:
     """One user's mail. Folder lists hold ``seq`` numbers in arrival order."""
 
-    __slots__ = ("uid", "emails", "folders", "by_seq", "next_seq", "cursor", "events", "uploads", "attached",
-                 "unread_in")
+    __slots__ = ("uid", "emails", "folders", "by_seq", "next_seq", "cursor", "events", "uploads", "uploaded_at",
+                 "attached", "unread_in")
 
     def __init__(self, uid: str, events_retained: int) -> None:
         self.uid = uid
@@ -43,6 +44,7 @@ class Mailbox:
         self.cursor = 0
         self.events: deque[Event] = deque(maxlen=events_retained)
         self.uploads: dict[str, AttachmentRef] = {}
+        self.uploaded_at: dict[str, float] = {}  # upload id -> when (epoch seconds)
         self.unread_in: dict[str, int] = {}  # folder -> unread messages in it
         # attachment id -> (ref, how many of this user's emails carry it)
         self.attached: dict[str, tuple[AttachmentRef, int]] = {}
@@ -55,11 +57,18 @@ class Mailbox:
         hit = self.attached.get(attachment_id)
         return hit[0] if hit else None
 
-    def add_upload(self, ref: AttachmentRef) -> OpResult:
+    def add_upload(self, ref: AttachmentRef, ts: float) -> OpResult:
         if ref.id in self.uploads:
             return OpResult(ok=True)
         self.uploads[ref.id] = ref
+        self.uploaded_at[ref.id] = ts
         return OpResult(ok=True, changed=True)
+
+    def expire_uploads(self, ids: tuple[str, ...]) -> OpResult:
+        gone = [i for i in ids if self.uploads.pop(i, None) is not None]
+        for i in gone:
+            self.uploaded_at.pop(i, None)
+        return OpResult(ok=True, changed=bool(gone))
 
     def _attach(self, meta: EmailMeta, delta: int) -> None:
         for ref in meta.attachments:
@@ -158,7 +167,8 @@ class Mailbox:
     def dump(self) -> dict[str, Any]:
         emails = sorted(self.emails.values(), key=lambda m: m.seq)
         return {"uid": self.uid, "emails": emails, "next_seq": self.next_seq, "cursor": self.cursor,
-                "events": list(self.events), "uploads": list(self.uploads.values())}
+                "events": list(self.events), "uploads": list(self.uploads.values()),
+                "uploaded_at": dict(self.uploaded_at)}
 
     def blob_keys(self) -> set[str]:
         """Every blob this mailbox references (for garbage collection)."""
@@ -168,7 +178,7 @@ class Mailbox:
         return keys
 
     @classmethod
-    def load(cls, data: dict[str, Any], events_retained: int) -> Mailbox:
+    def load(cls, data: dict[str, Any], events_retained: int, loaded_at: float | None = None) -> Mailbox:
         mb = cls(data["uid"], events_retained)
         for meta in data["emails"]:
             mb.emails[meta.id] = meta
@@ -177,6 +187,9 @@ class Mailbox:
             mb._attach(meta, +1)
             mb._count(meta, +1)
         mb.uploads = {ref.id: ref for ref in data.get("uploads", ())}
+        # A snapshot from before upload times were kept: its uploads count from now.
+        now = loaded_at if loaded_at is not None else 0.0
+        mb.uploaded_at = {i: data.get("uploaded_at", {}).get(i, now) for i in mb.uploads}
         mb.next_seq = data["next_seq"]
         mb.cursor = data["cursor"]
         mb.events.extend(data["events"])
@@ -208,7 +221,10 @@ class ShardState:
                 return OpResult(ok=False, error="not_found", message="no such email")
             return mb.update(op.email_id, op.ts, op.unread, op.folder)
         if isinstance(op, AddUpload):
-            return self.mailbox(op.uid).add_upload(op.attachment)
+            return self.mailbox(op.uid).add_upload(op.attachment, op.ts)
+        if isinstance(op, ExpireUploads):
+            mb = self.peek(op.uid)
+            return mb.expire_uploads(op.ids) if mb is not None else OpResult(ok=True)
         if isinstance(op, Delete):
             mb = self.peek(op.uid)
             if mb is None:
@@ -216,12 +232,23 @@ class ShardState:
             return mb.delete(op.email_id, op.ts)
         return OpResult(ok=False, error="invalid", message=f"unknown op {type(op).__name__}")
 
+    def expired_uploads(self, before: float, now: float) -> list[ExpireUploads]:
+        """One op per user whose uploads from before ``before`` (epoch seconds) are
+        still kept, naming them."""
+        ops = []
+        for uid, mb in self.mailboxes.items():
+            old = tuple(i for i, ts in mb.uploaded_at.items() if ts < before)
+            if old:
+                ops.append(ExpireUploads(uid, old, now))
+        return ops
+
     def dump(self) -> dict[str, Any]:
         return {"version": 1, "mailboxes": [mb.dump() for mb in self.mailboxes.values()]}
 
     @classmethod
-    def load(cls, data: dict[str, Any], events_retained: int) -> ShardState:
+    def load(cls, data: dict[str, Any], events_retained: int, loaded_at: float | None = None) -> ShardState:
+        """``loaded_at``: the upload time given to uploads of a snapshot that has none."""
         st = cls(events_retained)
         for mb in data["mailboxes"]:
-            st.mailboxes[mb["uid"]] = Mailbox.load(mb, events_retained)
+            st.mailboxes[mb["uid"]] = Mailbox.load(mb, events_retained, loaded_at)
         return st

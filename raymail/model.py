@@ -170,7 +170,17 @@ class AddUpload:
     ts: float
 
 
-Op = Deliver | Update | Delete | AddUpload
+@dataclass(frozen=True, slots=True)
+class ExpireUploads:
+    """Uploads older than ``mailbox.upload_ttl_s``: no longer named in sends (mail
+    that carries one keeps it readable)."""
+
+    uid: str
+    ids: tuple[str, ...]
+    ts: float
+
+
+Op = Deliver | Update | Delete | AddUpload | ExpireUploads
 
 
 @dataclass(frozen=True, slots=True)

@@ -294,3 +294,40 @@ async def test_import_of_malformed_mime_is_kept_as_received(storage_app, raw):
         assert (await c.get(f"/v1/emails/{eid}/raw")).content == raw
         bad = await c.post("/v1/import", content=raw, headers={"Content-Type": "text/plain"})
         assert bad.status_code == 422
+
+
+async def test_unsent_uploads_expire_and_what_was_sent_stays_readable(ray_cluster, tmp_path):
+    import asyncio
+
+    from conftest import start_app
+
+    from pipelines.gc import referenced_keys
+
+    app = start_app(tmp_path, cluster={"shards": 1}, mailbox={"upload_ttl_s": 2.0})
+    try:
+        alice, bob = app.user(), app.user()
+        sent = (await upload(app, alice["token"], PNG)).json()
+        async with app.client(alice["token"]) as c:
+            r = await c.post("/v1/send", json={"recipients": [bob["email"]], "body": "b", "attachments": [sent["id"]]})
+            assert r.status_code == 201, r.text
+        kept = os.urandom(5000)
+        unsent = (await upload(app, alice["token"], kept, ctype="application/pdf", filename="draft.pdf")).json()
+        async with app.client(alice["token"]) as c:
+            assert (await c.get(f"/v1/attachments/{unsent['id']}")).content == kept  # usable at first
+            for _ in range(100):  # 2 s of life, swept every 0.5 s
+                if (await c.get(f"/v1/attachments/{unsent['id']}")).status_code == 404:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the unsent upload never expired")
+            r = await c.post("/v1/send", json={"recipients": [bob["email"]], "attachments": [unsent["id"]]})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_attachment"
+            assert "an upload can be named for 2 s" in r.json()["error"]["message"]
+            assert (await c.get(f"/v1/attachments/{sent['id']}")).content == PNG  # through the sent mail
+        async with app.client(bob["token"]) as c:
+            assert (await c.get(f"/v1/attachments/{sent['id']}")).content == PNG
+        refs = referenced_keys(app.config.cluster.namespace, 1)
+        assert f"att/{sent['sha256'][:2]}/{sent['sha256']}" in refs
+        assert f"att/{unsent['sha256'][:2]}/{unsent['sha256']}" not in refs  # garbage for the collector now
+    finally:
+        app.deployment.stop()

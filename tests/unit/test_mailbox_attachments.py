@@ -13,6 +13,7 @@ from raymail.model import (
     Delete,
     Deliver,
     EmailMeta,
+    ExpireUploads,
     OpResult,
     Update,
 )
@@ -80,7 +81,7 @@ def test_uploads_belong_to_the_uploader_only():
 @pytest.mark.parametrize("attachment_id", ["", "att999", "ATT1", "att1 ", "e1"])
 def test_attachment_of_an_unknown_id_is_none(attachment_id):
     mb = Mailbox(UID, 10)
-    mb.add_upload(ref(1))
+    mb.add_upload(ref(1), 1.0)
     mb.deliver(meta(1, ref(1)), ts=1.0)
     assert mb.attachment(attachment_id) is None
 
@@ -151,7 +152,7 @@ def test_attached_reference_counts(ops, expected):
 def test_upload_stays_after_the_email_carrying_it_is_deleted():
     mb = Mailbox(UID, 10)
     a = ref(1)
-    mb.add_upload(a)
+    mb.add_upload(a, 1.0)
     mb.deliver(meta(1, a, folder="sent"), ts=1.0)
     mb.delete("e1", ts=2.0)
     assert mb.attachment(a.id) == a
@@ -177,7 +178,7 @@ def test_blob_keys_cover_messages_attachments_and_uploads():
     a, b, u = ref(1), ref(2), ref(3)
     mb.deliver(meta(1, a, b), ts=1.0)
     mb.deliver(meta(2, a), ts=2.0)
-    mb.add_upload(u)
+    mb.add_upload(u, 1.0)
     assert mb.blob_keys() == {meta(1).blob, meta(2).blob, a.blob, b.blob, u.blob}
 
     mb.delete("e1", ts=3.0)
@@ -218,6 +219,7 @@ def view(st: ShardState) -> dict:
     return {
         uid: {
             "uploads": dict(mb.uploads),
+            "uploaded_at": dict(mb.uploaded_at),
             "attached": dict(mb.attached),
             "attachment": [mb.attachment(i) for i in ids],
             "blob_keys": mb.blob_keys(),
@@ -261,17 +263,56 @@ def test_load_of_a_snapshot_without_uploads():
     assert loaded.peek(UID).attachment("att1") == ref(1)
 
 
-def test_replay_of_logged_ops_including_uploads_rebuilds_the_state():
+@pytest.mark.parametrize("expire", [False, True])
+def test_replay_of_logged_ops_including_uploads_rebuilds_the_state(expire):
     live = ShardState(100)
     records = []
-    for op in scripted():
+    ops = scripted()
+    for op in ops:
         res = live.apply(op)
         if res.event is not None or res.changed:  # what the shard logs
             records.append(codec.encode([op]))
-    assert len(records) == len(scripted()) - 1  # the repeated upload is not logged
+    assert len(records) == len(ops) - 1  # the repeated upload is not logged
+    if expire:  # as the shard's sweep does: through the log
+        (op,) = live.expired_uploads(before=1.2, now=50.0)
+        assert live.apply(op).changed and set(live.peek(UID).uploads) == {"att4"}
+        records.append(codec.encode([op]))
     replayed = ShardState(100)
     for rec in records:
         for op in codec.decode(rec):
             replayed.apply(op)
     assert view(replayed) == view(live)
     assert codec.encode(replayed.dump()) == codec.encode(live.dump())
+
+
+def test_unsent_uploads_expire_and_what_was_sent_stays_reachable():
+    st = ShardState(100)
+    st.apply(AddUpload(UID, ref(1), 100.0))
+    st.apply(AddUpload(UID, ref(2), 200.0))
+    st.apply(AddUpload("bob", ref(3), 120.0))
+    st.apply(Deliver(UID, meta(1, ref(1), folder="sent"), 130.0))  # att1 went out; att2 never did
+    assert st.expired_uploads(before=100.0, now=300.0) == []  # strictly older only
+    ops = st.expired_uploads(before=150.0, now=300.0)
+    assert sorted(ops, key=lambda op: op.uid) == [ExpireUploads("alice", ("att1",), 300.0),
+                                                  ExpireUploads("bob", ("att3",), 300.0)]
+    for op in ops:
+        assert st.apply(op) == OpResult(ok=True, changed=True)
+    alice, bob = st.peek(UID), st.peek("bob")
+    assert set(alice.uploads) == {"att2"} and set(alice.uploaded_at) == {"att2"}
+    assert alice.attachment("att1") == ref(1)  # through the sent mail that carries it
+    assert ref(1).blob in alice.blob_keys()
+    assert bob.attachment("att3") is None and ref(3).blob not in bob.blob_keys()  # garbage now
+    assert st.expired_uploads(before=150.0, now=301.0) == []
+    assert st.apply(ops[0]) == OpResult(ok=True)  # again (a replayed op): nothing changes
+    assert st.apply(ExpireUploads("nobody", ("att9",), 1.0)) == OpResult(ok=True)
+
+
+def test_upload_times_survive_a_snapshot_and_an_older_snapshot_counts_from_its_load():
+    st = ShardState(10)
+    st.apply(AddUpload(UID, ref(1), 100.0))
+    data = codec.decode(codec.encode(st.dump()))
+    assert ShardState.load(data, 10).peek(UID).uploaded_at == {"att1": 100.0}
+    old = {**data, "mailboxes": [{k: v for k, v in mb.items() if k != "uploaded_at"} for mb in data["mailboxes"]]}
+    loaded = ShardState.load(old, 10, loaded_at=5000.0)
+    assert loaded.peek(UID).uploaded_at == {"att1": 5000.0}
+    assert loaded.expired_uploads(before=4000.0, now=6000.0) == []
