@@ -203,6 +203,10 @@ class FilesApi:
         if rng:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{ref.size}"
+        if fh is None or start + len(first) > end:  # all of it in hand: a plain response, no streaming task
+            if fh is not None:
+                asyncio.get_running_loop().run_in_executor(None, fh.close)
+            return Response(first, status_code=status, headers=headers, media_type=ref.content_type)
         return StreamingResponse(self._stream(fh, first, start + len(first), end + 1), status_code=status,
                                  headers=headers, media_type=ref.content_type)
 
