@@ -90,15 +90,11 @@ class FilesApi:
         return await self._record(user, ref)
 
     async def _store(self, user: User, body: AsyncIterator[bytes], content_type: str, filename: str) -> AttachmentRef:
-        blobs = self.svc.blobs
-        try:
-            upload: Upload = await asyncio.to_thread(blobs.upload, "att")
-        except StorageError as exc:
-            raise Unavailable(f"attachment storage is unavailable; retry later ({exc})") from exc
+        upload: Upload = self.svc.blobs.upload("att")  # no I/O yet
         # A pipeline: while one buffer is hashed and written in a worker thread, the
         # event loop receives the next. At most WRITE_QUEUE buffers wait: bounded memory.
-        # A small upload to an object store (kept in memory until its one PUT) is
-        # hashed on the loop as it arrives instead: no I/O, no thread round trips.
+        # A small upload (kept in memory until its commit writes it once) is hashed
+        # on the loop as it arrives instead: no I/O, no thread round trips.
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=WRITE_QUEUE)
 
         failed: list[StorageError] = []

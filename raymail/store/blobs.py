@@ -3,11 +3,12 @@
 A blob's key is ``<kind>/<sha256[:2]>/<sha256>``; writing the same bytes twice
 stores them once. Writes are atomic: a local blob is written under a temporary
 name, fsync'd and renamed (then the directory is fsync'd); an object store gets a
-single PUT; a large streamed upload is spooled to a local file while it is hashed,
-then sent under its final key as one PUT read from that file (up to 100 MiB) or a
-multipart upload, visible only once complete. A
-crash never leaves a half blob under its final key; stale ``tmp/`` files are
-removed by the garbage collector.
+single PUT. A streamed upload is hashed on the way and kept in memory while small
+(written once at commit, as above); a larger one goes to a local file as it
+arrives, which a local store renames into place and an object store gets under
+the final key as one PUT read from that file (up to 100 MiB) or a multipart
+upload, visible only once complete. A crash never leaves a half blob under its
+final key; stale ``tmp/`` files are removed by the garbage collector.
 
 Every storage failure leaves as ``StorageError`` (``BlobMissing`` when the blob is
 not there); fsspec, OS and S3 client errors are mapped here.
@@ -60,6 +61,7 @@ class BlobMissing(StorageError):
 UNIQUE_KINDS = frozenset({"msg"})
 
 UPLOAD_PART_BYTES = 8 * 1024 * 1024  # kept in memory up to this; a multipart upload's part size
+LOCAL_MEMORY_BYTES = 1024 * 1024  # a local upload up to this is written once, at commit
 UPLOAD_CONCURRENCY = 3  # multipart parts in flight at once per upload: 24 MiB of buffers at most
 # s3fs sends data under 100 MiB as one PUT and larger data as a multipart upload.
 S3FS_SINGLE_PUT_BYTES = 100 * 1024 * 1024
@@ -82,49 +84,29 @@ class Upload:
     """A blob being streamed in: hashed on the way, invisible until ``commit``."""
 
     def __init__(self, store: BlobStore, kind: str) -> None:
+        """No I/O: an event loop may create one."""
         self.store = store
         self.kind = kind
         self.sha = hashlib.sha256()
         self.size = 0
-        self.tmp = f"{store.root}/tmp/{uuid.uuid4().hex}" if store.local else ""  # a local upload's file
-        # On an object store, a blob that fits in one part is kept in memory and PUT
-        # under its final key at commit; a larger one is spooled to a local
-        # file (memory stays bounded) and sent from it under its final key at
-        # commit: no server-side copy, nothing visible before.
-        self._small: list[bytes] | None = None
+        # A small blob is kept in memory and written once, at commit, under its final
+        # key: up to one part on an object store (one PUT), up to LOCAL_MEMORY_BYTES
+        # on a local one. A larger one goes to a local file as it arrives (memory
+        # stays bounded): a local store renames that file into place, an object store
+        # is sent from it under the final key (no server-side copy). Nothing is
+        # visible before the commit.
+        self._small: list[bytes] | None = []
         self._small_bytes = 0
+        self._memory_limit = LOCAL_MEMORY_BYTES if store.local else UPLOAD_PART_BYTES
+        self.tmp = ""  # that local file, once there is one
         self._fh = None
         self._aborted = False
         self._done: tuple[str, str, int] | None = None
-        try:
-            if store.local:
-                Path(self.tmp).parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.tmp, "wb", buffering=0)  # noqa: SIM115 - closed in commit/abort
-            else:
-                self._small = []
-        except Exception as exc:  # noqa: BLE001 - mapped at the boundary
-            raise StorageError(f"storage is unavailable: {exc}") from exc
 
     def fits_in_memory(self, more: int) -> bool:
         """True when writing ``more`` bytes next does no I/O (they join a small
-        upload to an object store, kept in memory until the commit)."""
-        return self._small is not None and self._small_bytes + more <= UPLOAD_PART_BYTES
-
-    async def commit_async(self) -> tuple[str, str, int]:
-        """``commit`` for an event loop: a small upload to an object store is sent
-        on the storage client's own loop, with no worker thread between."""
-        if self._small is None or self._aborted or self._done is not None:
-            return await asyncio.to_thread(self.commit)
-        sha = self.sha.hexdigest()
-        key = blob_key(self.kind, sha)
-        data, self._small = b"".join(self._small), []
-        try:
-            await _on_loop(self.store.fs, self.store._put_objects_async([(self.store._path(key), data, self.sha.digest())]))
-        except Exception as exc:  # noqa: BLE001
-            self.abort()
-            raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
-        self._done = (key, sha, self.size)
-        return self._done
+        upload, kept in memory until the commit)."""
+        return self._small is not None and self._small_bytes + more <= self._memory_limit
 
     def write(self, data: bytes) -> None:
         """Hash and keep ``data``, the next bytes of the blob; calls must come in
@@ -136,13 +118,12 @@ class Upload:
         if self._small is not None:
             self._small.append(data)
             self._small_bytes += len(data)
-            if self._small_bytes <= UPLOAD_PART_BYTES:
+            if self._small_bytes <= self._memory_limit:
                 return
-            data, self._small = b"".join(self._small), None  # too big for one PUT: spool it
+            data, self._small = b"".join(self._small), None  # too big to keep: to a file from here on
         try:
             if self._fh is None:
-                self._fh = tempfile.NamedTemporaryFile(dir=self.store.spool_dir, prefix="upload-",  # noqa: SIM115
-                                                       delete=False, buffering=0)
+                self._fh = self._open_file()
             view = memoryview(data)
             while view:
                 written = self._fh.write(view)
@@ -150,6 +131,16 @@ class Upload:
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise StorageError(f"storage failed during the upload: {exc}") from exc
+
+    def _open_file(self):
+        if self.store.local:  # under the store's tmp/, on the blobs' filesystem: renamed into place
+            self.tmp = f"{self.store.root}/tmp/{uuid.uuid4().hex}"
+            Path(self.tmp).parent.mkdir(parents=True, exist_ok=True)
+            return open(self.tmp, "wb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+        fh = tempfile.NamedTemporaryFile(dir=self.store.spool_dir, prefix="upload-",  # noqa: SIM115
+                                         delete=False, buffering=0)
+        self.tmp = fh.name
+        return fh
 
     def commit(self) -> tuple[str, str, int]:
         """Make the blob durable under its content address; returns (key, sha256, size)."""
@@ -162,7 +153,17 @@ class Upload:
         final = self.store._path(key)
         fs = self.store.fs
         try:
-            if self.store.local:
+            if self._small is not None:
+                data, self._small = b"".join(self._small), []
+                if self.store.local:  # a temporary name, fsync'd, renamed; kept as is when already there
+                    self.store._put_local([(Path(final), data)], reuse=self.kind not in UNIQUE_KINDS)
+                else:
+                    # One PUT, atomic. Not asked first whether the bytes are there: for
+                    # a blob this small the question costs as much as sending it again,
+                    # and the same bytes under the same key are still stored once (the
+                    # PUT also renews LastModified for garbage collection).
+                    self.store._put_objects([(final, data, self.sha.digest())])
+            elif self.store.local:
                 os.fsync(self._fh.fileno())
                 self._fh.close()
                 if os.path.exists(final):
@@ -172,25 +173,34 @@ class Upload:
                     Path(final).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(self.tmp, final)
                     fsync_dir(Path(final).parent)
-            elif self._small is not None:
-                # One PUT, atomic. Not asked first whether the bytes are there: for a
-                # blob this small the question costs as much as sending it again,
-                # and the same bytes under the same key are still stored once (the
-                # PUT also renews LastModified for garbage collection).
-                self.store._put_objects([(final, b"".join(self._small), self.sha.digest())])
-                self._small = []
             else:
                 self._fh.close()
                 if self.store._reuse(final):
                     pass  # the same bytes are stored already
                 elif self.size <= self.store.single_put_max_bytes:
-                    self.store._put_streamed(self._fh.name, final, self.size, self.sha.digest())
+                    self.store._put_streamed(self.tmp, final, self.size, self.sha.digest())
                 else:
                     # Multipart, parts in parallel; the object appears only when the
                     # upload completes.
-                    fs.put_file(self._fh.name, final, chunksize=UPLOAD_PART_BYTES,
-                                max_concurrency=UPLOAD_CONCURRENCY)
-                os.unlink(self._fh.name)
+                    fs.put_file(self.tmp, final, chunksize=UPLOAD_PART_BYTES, max_concurrency=UPLOAD_CONCURRENCY)
+                os.unlink(self.tmp)
+        except Exception as exc:  # noqa: BLE001
+            self.abort()
+            raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
+        self._done = (key, sha, self.size)
+        return self._done
+
+    async def commit_async(self) -> tuple[str, str, int]:
+        """``commit`` for an event loop: a small upload to an object store is sent
+        on the storage client's own loop, with no worker thread between; anything
+        else commits in a worker thread."""
+        if self._small is None or self.store.local or self._aborted or self._done is not None:
+            return await asyncio.to_thread(self.commit)
+        sha = self.sha.hexdigest()
+        key = blob_key(self.kind, sha)
+        data, self._small = b"".join(self._small), []
+        try:
+            await _on_loop(self.store.fs, self.store._put_objects_async([(self.store._path(key), data, self.sha.digest())]))
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
@@ -203,14 +213,11 @@ class Upload:
         self._aborted = True
         self._small = None
         if self._fh is None:
-            return
+            return  # nothing was written anywhere
         with contextlib.suppress(Exception):  # best effort; GC removes what is left in tmp/
             self._fh.close()
         with contextlib.suppress(Exception):
-            if self.store.local:
-                os.unlink(self.tmp)
-            else:
-                os.unlink(self._fh.name)  # the local spool file; nothing was sent yet
+            os.unlink(self.tmp)  # nothing under the final key yet
 
 
 class BlobStore:

@@ -62,6 +62,7 @@ def test_gc_deletes_only_old_unreferenced_blobs(world, ray_cluster):
     for key in (orphan, stale_tmp):
         path = Path(store.root) / key
         if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)  # small uploads never make tmp/
             path.write_bytes(b"half an upload")
         os.utime(path, (old, old))
     before = {k for p in ("att/", "msg/", "tmp/", "catalog/") for k, _, _ in store.list(p)}

@@ -26,6 +26,7 @@ import pytest
 
 from raymail.errors import StorageError
 from raymail.store.blobs import (
+    LOCAL_MEMORY_BYTES,
     S3FS_SINGLE_PUT_BYTES,
     UPLOAD_PART_BYTES,
     BlobMissing,
@@ -470,13 +471,17 @@ def test_list_of_an_empty_prefix(store: BlobStore, prefix):
     assert store.list(prefix) == []
 
 
-def test_an_unfinished_upload_is_only_ever_under_tmp(store: BlobStore):
+@pytest.mark.parametrize("big", [False, True], ids=["in-memory", "past-memory"])
+def test_an_unfinished_upload_is_only_ever_under_tmp(store: BlobStore, big):
+    n = (LOCAL_MEMORY_BYTES if store.local else UPLOAD_PART_BYTES) + 10 if big else 10
     up: Upload = store.upload("att")
-    up.write(b"x" * 10)
+    up.write(b"x" * n)
     during = store.list("")
     assert all(k.startswith("tmp/") for k, _, _ in during), during
-    if store.local:  # the garbage collector finds stale ones by their mtime
-        assert [(size, mtime > time.time() - 60) for _, size, mtime in during] == [(10, True)]
+    if store.local and big:  # the garbage collector finds stale ones by their mtime
+        assert [(size, mtime > time.time() - 60) for _, size, mtime in during] == [(n, True)]
+    else:  # kept in memory (or spooled outside the store)
+        assert during == []
     up.abort()
     assert store.list("") == []
 
