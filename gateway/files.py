@@ -25,7 +25,7 @@ from raymail.errors import (
     Unavailable,
     Unprocessable,
 )
-from raymail.model import AddUpload, AttachmentRef, User
+from raymail.model import AddUpload, AttachmentRef, ExpireUploads, User
 from raymail.store.blobs import BlobMissing, BlobReader, Upload
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,17 @@ def _filename(request: Request) -> str | None:
     return unquote(raw) if raw else None
 
 
+def _created(ref: AttachmentRef) -> Response:
+    from gateway.app import _json
+
+    return _json(ref.to_dict(), 201)
+
+
 class FilesApi:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.limit_bytes = svc.config.limits.max_attachment_bytes
+        self._withdrawing: set[asyncio.Task] = set()
 
     async def upload(self, request: Request, user: User) -> Response:
         declared = request.headers.get("content-length")
@@ -63,7 +70,7 @@ class FilesApi:
             raise Unprocessable(str(exc), code="invalid_content_type") from None
         filename = att.sanitize_filename(_filename(request))
         ref = await self._store(user, request.stream(), content_type, filename)
-        return await self._record(user, ref)
+        return _created(ref)
 
     async def _upload_form(self, request: Request, user: User) -> Response:
         try:
@@ -87,7 +94,7 @@ class FilesApi:
             ref = await self._store(user, chunks(), content_type, att.sanitize_filename(upload.filename))
         finally:
             await form.close()
-        return await self._record(user, ref)
+        return _created(ref)
 
     async def _store(self, user: User, body: AsyncIterator[bytes], content_type: str, filename: str) -> AttachmentRef:
         upload: Upload = self.svc.blobs.upload("att")  # no I/O yet
@@ -143,7 +150,7 @@ class FilesApi:
                 await hand_over(b"".join(pending))
             await queue.put(None)
             await writing
-            key, sha, size = await upload.commit_async()
+            return await self._commit_recorded(user, upload, content_type, filename)
         except StorageError as exc:
             writing.cancel()
             await asyncio.to_thread(upload.abort)
@@ -162,16 +169,40 @@ class FilesApi:
             writing.cancel()
             await asyncio.to_thread(upload.abort)
             raise
-        return AttachmentRef(id=uuid.uuid4().hex, sha256=sha, size=size, content_type=content_type,
-                             filename=filename, blob=key)
 
-    async def _record(self, user: User, ref: AttachmentRef) -> Response:
-        (res,) = await self.svc.router.apply([AddUpload(user.uid, ref, time.time())])
+    async def _commit_recorded(self, user: User, upload: Upload, content_type: str, filename: str) -> AttachmentRef:
+        """Make the blob durable and record the upload in the owner's mailbox at once:
+        the 201 waits for both. A record whose blob then failed is withdrawn; nobody
+        learned its id meanwhile."""
+        key, sha = upload.key_and_sha()
+        ref = AttachmentRef(id=uuid.uuid4().hex, sha256=sha, size=upload.size, content_type=content_type,
+                            filename=filename, blob=key)
+        recording = asyncio.ensure_future(self.svc.router.apply([AddUpload(user.uid, ref, time.time())]))
+        try:
+            await upload.commit_async()
+        except BaseException:
+            withdraw = asyncio.ensure_future(self._withdraw(user, ref, recording))  # even if this request is cancelled
+            self._withdrawing.add(withdraw)  # held until done: the loop keeps only weak references
+            withdraw.add_done_callback(self._withdrawing.discard)
+            raise
+        (res,) = await recording
         if not res.ok:
             raise Unavailable(f"the upload could not be recorded: {res.message}")
-        from gateway.app import _json
+        return ref
 
-        return _json(ref.to_dict(), 201)
+    async def _withdraw(self, user: User, ref: AttachmentRef, recording: asyncio.Future) -> None:
+        try:
+            (res,) = await recording
+        except Exception:  # noqa: BLE001 - never recorded: nothing to withdraw
+            return
+        if not res.ok:
+            return
+        try:
+            (res,) = await self.svc.router.apply([ExpireUploads(user.uid, (ref.id,), time.time())])
+            if not res.ok:
+                raise Unavailable(res.message)
+        except Exception:  # noqa: BLE001 - it expires with the others; its id was never given out
+            log.warning("upload %s of a failed blob stays recorded until uploads expire", ref.id, exc_info=True)
 
     async def download(self, request: Request, user: User) -> Response:
         attachment_id = request.path_params["id"]

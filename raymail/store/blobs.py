@@ -103,6 +103,11 @@ class Upload:
         self._aborted = False
         self._done: tuple[str, str, int] | None = None
 
+    def key_and_sha(self) -> tuple[str, str]:
+        """The blob's key and SHA-256 (hex) for what was written so far."""
+        sha = self.sha.hexdigest()
+        return blob_key(self.kind, sha), sha
+
     def fits_in_memory(self, more: int) -> bool:
         """True when writing ``more`` bytes next does no I/O (they join a small
         upload, kept in memory until the commit)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import hashlib
 import os
@@ -233,6 +234,16 @@ async def test_storage_unavailable_mid_upload_then_retry(ray_cluster, tmp_path):
             r = await c.post("/v1/attachments", content=body(), headers={"Content-Type": "application/zip"})
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "unavailable"
+        # The upload was recorded while its blob was being sent; the record is withdrawn.
+        from pipelines.gc import referenced_keys
+
+        key = f"att/{hashlib.sha256(data).hexdigest()[:2]}/{hashlib.sha256(data).hexdigest()}"
+        for _ in range(50):
+            if key not in referenced_keys(app.config.cluster.namespace, app.config.cluster.shards):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the failed upload stayed recorded")
         # The store comes back (empty: moto keeps objects in memory) and a retry works.
         server.restart()
         server.bucket("flaky")
@@ -297,8 +308,6 @@ async def test_import_of_malformed_mime_is_kept_as_received(storage_app, raw):
 
 
 async def test_unsent_uploads_expire_and_what_was_sent_stays_readable(ray_cluster, tmp_path):
-    import asyncio
-
     from conftest import start_app
 
     from pipelines.gc import referenced_keys
