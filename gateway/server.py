@@ -33,6 +33,8 @@ from raymail.store.directory import Directory
 
 log = logging.getLogger(__name__)
 
+_GAP_FILL_PAGE = 500  # events fetched at once to fill a gap in a WebSocket's pushes
+
 
 def reuseport_socket(host: str, port: int, send_buffer_bytes: int = 0) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -83,6 +85,9 @@ class Gateway:
             metrics=GatewayMetrics(self.name),
             send_limiter=TokenBuckets(config.limits.send_rate_per_s, config.limits.send_burst),
         )
+        router = self.svc.router
+        # Pushes can arrive out of order or go missing: the hub fills gaps from the shard.
+        self.svc.hub.fetch = lambda uid, cursor: router.read(uid, "events_since", cursor, _GAP_FILL_PAGE)
         self.push_calls = 0
         # A (re)started gateway holds no sockets: shards forget what they believed it
         # held. Sent before the server starts, so before any socket subscribes.
@@ -191,6 +196,7 @@ class Gateway:
             "connections": hub.connections,
             "dropped": hub.dropped_total,
             "published": hub.published_total,
+            "gaps_filled": hub.gaps_filled,
             "router": self.svc.router.stats(),
         }
 

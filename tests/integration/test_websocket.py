@@ -79,12 +79,12 @@ def _tiny_socket(port: int) -> socket.socket:
 async def test_slow_client_is_dropped_others_are_not_blocked(ray_cluster, tmp_path):
     from conftest import start_app
 
-    app = start_app(tmp_path, gateway={"processes": 1, "ws_queue_size": 4, "socket_send_buffer_bytes": 4096}, mailbox={"events_retained": 30})
+    app = start_app(tmp_path, gateway={"processes": 1, "ws_queue_size": 32, "socket_send_buffer_bytes": 4096}, mailbox={"events_retained": 30})
     try:
         alice, bob = app.user(), app.user()
         slow = await websockets.connect(
             app.ws_url, sock=_tiny_socket(app.port), additional_headers={"Authorization": f"Bearer {bob['token']}"},
-            max_queue=1,
+            max_queue=1, ping_interval=None,  # its own keepalive must not close it first: it reads nothing for long
         )
         fast = await app.ws(bob["token"])
         await recv_json(fast)

@@ -33,8 +33,8 @@ def ev(n: int) -> dict:
     return {"type": "email.new", "cursor": n}
 
 
-async def settle() -> None:
-    for _ in range(5):
+async def settle(turns: int = 5) -> None:
+    for _ in range(turns):
         await asyncio.sleep(0)
 
 
@@ -128,3 +128,73 @@ async def test_unsubscribe():
     assert s1.sent == [] and s2.sent == [ev(1)]
     assert hub.unsubscribe(a2) is True  # the last one: the shard can stop pushing here
     assert hub.connections == 0 and not hub.wants("alice") and hub.users() == []
+
+
+class Journal:
+    """The user's events as the shard keeps them (what ``events_since`` answers)."""
+
+    def __init__(self, last: int, oldest: int = 1, fail: bool = False) -> None:
+        self.events = [ev(n) for n in range(oldest, last + 1)]
+        self.oldest, self.last, self.fail = oldest, last, fail
+        self.asked: list[int] = []
+
+    async def fetch(self, uid: str, cursor: int) -> tuple[list[dict], bool, int]:
+        self.asked.append(cursor)
+        if self.fail:
+            raise ConnectionError("the shard did not answer")
+        return [e for e in self.events if e["cursor"] > cursor], cursor + 1 >= self.oldest, self.last
+
+
+async def test_pushes_out_of_order_reach_the_socket_in_order_once():
+    journal = Journal(last=3)
+    hub = Hub(queue_size=8, fetch=journal.fetch)
+    s = FakeSocket()
+    hub.resume(hub.subscribe("u", s.send, s.close), 0)
+    for n in (2, 1, 3):  # Ray ran the push of 2 first
+        hub.publish("u", ev(n))
+    await settle(30)
+    assert s.sent == [ev(1), ev(2), ev(3)]
+    assert journal.asked == [0] and hub.gaps_filled == 1
+
+
+async def test_a_lost_push_is_fetched_from_the_shard():
+    journal = Journal(last=4)
+    hub = Hub(queue_size=8, fetch=journal.fetch)
+    s = FakeSocket()
+    hub.resume(hub.subscribe("u", s.send, s.close), 0)
+    for n in (1, 3, 4):  # the push of 2 never came
+        hub.publish("u", ev(n))
+    await settle(30)
+    assert s.sent == [ev(1), ev(2), ev(3), ev(4)]
+    assert journal.asked == [1]
+
+
+async def test_a_gap_the_shard_cannot_fill_closes_with_the_cursor_to_resume_from():
+    hub = Hub(queue_size=8, fetch=Journal(last=3, fail=True).fetch)
+    s = FakeSocket()
+    hub.resume(hub.subscribe("u", s.send, s.close), 0)
+    hub.publish("u", ev(1))
+    hub.publish("u", ev(3))
+    await settle(30)
+    assert s.sent == [ev(1)]
+    assert s.closed == (CLOSE_SLOW, "too slow; reconnect with since=1")
+
+
+async def test_a_gap_older_than_the_events_kept_asks_for_a_resync():
+    hub = Hub(queue_size=8, fetch=Journal(last=9, oldest=6).fetch)
+    s = FakeSocket()
+    hub.resume(hub.subscribe("u", s.send, s.close), 2)
+    hub.publish("u", ev(9))
+    hub.publish("u", ev(10))
+    await settle(30)
+    assert s.sent == [{"type": "resync", "cursor": 9}, ev(10)]
+
+
+async def test_without_fetch_events_go_out_as_they_come():
+    hub = Hub(queue_size=8)
+    s = FakeSocket()
+    hub.resume(hub.subscribe("u", s.send, s.close), 0)
+    for n in (1, 3):
+        hub.publish("u", ev(n))
+    await settle(30)
+    assert s.sent == [ev(1), ev(3)]
