@@ -19,6 +19,7 @@ from raymail.search import SearchQuery
 from raymail.sharding import LINK_READS
 from raymail.store.index import SearchIndex, search_mailbox
 from raymail.store.log import DurableLog
+from raymail.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class MailboxShard:
         # Which gateways hold a WebSocket for which user: pushes go only there. After a
         # (re)start this is unknown until each gateway has said; until then that
         # gateway gets every push (see _learn_subscriptions).
-        self._subs: dict[str, set[str]] = {}
+        self._subs = Subscriptions()
         self._unsynced: set[str] = set(gateway_names)
         self.pushes_sent = 0
         self._gateways_checked_s = 0.0
@@ -313,7 +314,7 @@ class MailboxShard:
         gateway whose sockets this shard has not learned yet), fire and forget."""
         per_gateway: dict[str, list[tuple[str, dict]]] = {}
         for uid, ev in events:
-            targets = self._subs.get(uid, frozenset()) | self._unsynced
+            targets = self._subs.gateways_for(uid) | self._unsynced
             if not targets:
                 continue
             item = (uid, ev.to_dict())
@@ -333,29 +334,25 @@ class MailboxShard:
                 log.warning("push to a gateway failed", exc_info=True)
 
     # -- who holds sockets for whom ------------------------------------------
-    async def subscribe(self, uid: str, gateway: str) -> int:
+    async def subscribe(self, uid: str, gateway: str, seq: int | None = None) -> int:
         """``gateway`` holds a WebSocket for ``uid``: from now on it gets the user's
-        events. Returns the user's cursor (what is older, the client replays)."""
-        self._subs.setdefault(uid, set()).add(gateway)  # before any await: no event slips between
+        events. Returns the user's cursor (what is older, the client replays).
+        ``seq`` orders this against the gateway's other changes (see Subscriptions)."""
+        self._subs.subscribe(uid, gateway, seq)  # before any await: no event slips between
         return await self.cursor(uid)
 
-    def unsubscribe(self, uid: str, gateway: str) -> None:
-        names = self._subs.get(uid)
-        if names is not None:
-            names.discard(gateway)
-            if not names:
-                del self._subs[uid]
+    def unsubscribe(self, uid: str, gateway: str, seq: int | None = None) -> None:
+        self._subs.unsubscribe(uid, gateway, seq, time.monotonic())
 
     def gateways_for(self, uid: str) -> list[str]:
         """The gateways this shard pushes ``uid``'s events to (operators ask it when a
         client says it gets nothing live)."""
-        return sorted(self._subs.get(uid, ()))
+        return sorted(self._subs.gateways_for(uid))
 
     def forget_gateway(self, gateway: str) -> None:
         """A gateway (re)started: it holds no sockets yet."""
         self._unsynced.discard(gateway)
-        for uid in [u for u, names in self._subs.items() if gateway in names]:
-            self.unsubscribe(uid, gateway)
+        self._subs.forget_gateway(gateway)
 
     async def _learn_subscriptions(self) -> None:
         """Ask each gateway which of this shard's users it holds sockets for. A gateway
@@ -382,7 +379,7 @@ class MailboxShard:
                     log.info("shard %d: gateway %s did not list its sockets yet (%r)", self.index, name, exc)
                     continue
                 for uid in uids:
-                    self._subs.setdefault(uid, set()).add(name)
+                    self._subs.learned(uid, name)
                 self._unsynced.discard(name)
             if self._unsynced:
                 await asyncio.sleep(delay)
@@ -445,7 +442,7 @@ class MailboxShard:
             "recovered": self.recovered,
             "link_calls": self._link.served,
             "pushes_sent": self.pushes_sent,
-            "subscribed_users": len(self._subs),
+            "subscribed_users": self._subs.users,
             "unsynced_gateways": sorted(self._unsynced),
             "link_refused": self._link.refused,
         }

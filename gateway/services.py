@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -48,6 +49,12 @@ class Services:
         self._by_email: dict[str, tuple[User, float]] = {}
         self._dkim: dict[str, tuple[DomainKey | None, float, int]] = {}
         self._key_dir = str(key_dir(self.config.data_path))  # resolved once: a stat per send, not a realpath
+        # Orders this process's subscribe/unsubscribe calls at the shards (Ray may run
+        # them out of order); it starts from the clock, so it also grows across restarts.
+        self._sub_seq = itertools.count(time.time_ns())
+
+    def next_sub_seq(self) -> int:
+        return next(self._sub_seq)
 
     def dkim_key(self, domain: str) -> DomainKey | None:
         """The domain's DKIM key: re-read every 30 s, or at once when the key directory

@@ -64,7 +64,7 @@ class Endpoint:
         svc.metrics.connections(svc.hub.connections)
         try:
             # From here the user's shard pushes this user's events to this gateway.
-            cursor = await svc.router.read(user.uid, "subscribe", svc.name)
+            cursor = await svc.router.read(user.uid, "subscribe", svc.name, svc.next_sub_seq())
             await ws.send_text(json.dumps({"type": "hello", "cursor": cursor, "gateway": svc.name}))
             last = cursor if since is None else await self._replay(ws, user.uid, since)
             svc.hub.resume(sub, last)
@@ -81,7 +81,7 @@ class Endpoint:
             await _close_quietly(ws, 1011, exc.message[:120])
         finally:
             if svc.hub.unsubscribe(sub):
-                svc.router.notify(user.uid, "unsubscribe", svc.name)  # the last one here: no more pushes
+                svc.router.notify(user.uid, "unsubscribe", svc.name, svc.next_sub_seq())  # the last one here
             svc.metrics.connections(svc.hub.connections)
 
     async def _replay(self, ws: WebSocket, uid: str, since: int) -> int:
