@@ -82,8 +82,9 @@ class ShardRouter:
             raise Unavailable("the mailbox service did not answer in time; retry the request") from exc
 
     def notify(self, uid: str, method: str, *args: Any) -> None:
-        """Fire and forget ``method(uid, *args)`` on the user's shard (ordered after
-        this gateway's earlier calls to that shard, as Ray orders one caller's calls)."""
+        """Fire and forget ``method(uid, *args)`` on the user's shard. Ray does not
+        order an async actor's calls: a method whose order matters carries its own
+        sequence number (subscribe/unsubscribe do)."""
         try:
             getattr(self.handles[self.shard_index(uid)], method).remote(uid, *args)
         except Exception:  # noqa: BLE001 - best effort: a stale subscription only costs a dropped push
