@@ -5,7 +5,9 @@ storage, read by ``pipelines/catalog.py`` (storage statistics):
 
 - ``blobs``: one row per upload (who uploaded which content, its type and size);
 - ``refs``: one row per change of a mailbox's attachments: ``delta`` is +1 when a
-  mailbox gains a message carrying the attachment, -1 when that message is deleted.
+  mailbox gains a message carrying the attachment, -1 when that message is deleted;
+- ``expired``: one row per upload that can no longer be named in a send (expired
+  after ``mailbox.upload_ttl_s``, or withdrawn when its blob failed).
 
 Layout and the compaction rule (shared by the writer and every reader):
 
@@ -46,7 +48,7 @@ import pyarrow.parquet as pq
 from raymail.config import Config
 from raymail.errors import StorageError
 from raymail.mailbox import ShardState
-from raymail.model import AddUpload, Delete, Deliver, EmailMeta, Op, OpResult
+from raymail.model import AddUpload, Delete, Deliver, EmailMeta, ExpireUploads, Op, OpResult
 from raymail.store.blobs import BlobStore
 from raymail.store.log import fsync_dir, write_new_file
 
@@ -78,6 +80,13 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("uid", pa.string()),
             ("email_id", pa.string()),
             ("delta", pa.int8()),
+            ("ts", pa.float64()),
+        ]
+    ),
+    "expired": pa.schema(
+        [
+            ("attachment_id", pa.string()),
+            ("owner_uid", pa.string()),
             ("ts", pa.float64()),
         ]
     ),
@@ -153,11 +162,14 @@ def apply_and_collect(state: ShardState, ops: list[Op]) -> tuple[list[OpResult],
     batch that delivers and deletes the same email yields +1 then -1.
     """
     results: list[OpResult] = []
-    rows: dict[str, list[dict]] = {"blobs": [], "refs": []}
+    rows: dict[str, list[dict]] = {"blobs": [], "refs": [], "expired": []}
     for op in ops:
         gone: EmailMeta | None = None
+        ending: list[str] = []
         if isinstance(op, Delete) and (mb := state.peek(op.uid)) is not None:
             gone = mb.emails.get(op.email_id)
+        elif isinstance(op, ExpireUploads) and (mb := state.peek(op.uid)) is not None:
+            ending = [i for i in op.ids if i in mb.uploads]
         res = state.apply(op)
         results.append(res)
         if not res.ok:
@@ -172,6 +184,8 @@ def apply_and_collect(state: ShardState, ops: list[Op]) -> tuple[list[OpResult],
             rows["refs"].extend(_ref_rows(op.uid, op.email, +1, op.ts))
         elif isinstance(op, Delete) and res.event is not None and gone is not None:
             rows["refs"].extend(_ref_rows(op.uid, gone, -1, op.ts))
+        elif ending and res.changed:
+            rows["expired"].extend({"attachment_id": i, "owner_uid": op.uid, "ts": op.ts} for i in ending)
     return results, rows
 
 

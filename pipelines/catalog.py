@@ -6,9 +6,11 @@ and queries the Arrow tables with DuckDB.
 
 Definitions:
 - physical bytes: each distinct content (sha256) once, whoever holds it;
-- logical bytes: what users would pay without deduplication: every upload once
-  for its uploader, plus, per (user, attachment) whose net ``delta`` is positive
-  (a mailbox holds at least one message carrying it), the attachment's size once;
+- logical bytes: what users would pay without deduplication: every upload still
+  usable (not expired) once for its uploader, plus, per (user, attachment) whose
+  net ``delta`` is positive (a mailbox holds at least one message carrying it), the
+  attachment's size once;
+- uploads: every upload ever made (expired ones included), and of those expired;
 - dedup ratio: logical / physical (1.0 when nothing is stored);
 - content types: per type, the number of uploads and the bytes uploaded.
 """
@@ -40,6 +42,9 @@ _UPLOADS = """
            coalesce(any_value(content_type), '(unknown)') AS content_type
     FROM blobs GROUP BY attachment_id
 """
+_LIVE_UPLOADS = """
+    SELECT * FROM uploads WHERE attachment_id NOT IN (SELECT attachment_id FROM expired)
+"""
 _LIVE_REFS = """
     SELECT uid, attachment_id, any_value(size) AS size
     FROM refs GROUP BY uid, attachment_id HAVING sum(delta) > 0
@@ -58,6 +63,7 @@ def compute_stats(tables: dict[str, pa.Table]) -> dict:
         for name, schema in SCHEMAS.items():
             con.register(name, tables.get(name, schema.empty_table()))
         con.execute(f"CREATE TEMP VIEW uploads AS {_UPLOADS}")
+        con.execute(f"CREATE TEMP VIEW live_uploads AS {_LIVE_UPLOADS}")
         con.execute(f"CREATE TEMP VIEW live_refs AS {_LIVE_REFS}")
         con.execute(f"CREATE TEMP VIEW contents AS {_CONTENTS}")
 
@@ -67,11 +73,13 @@ def compute_stats(tables: dict[str, pa.Table]) -> dict:
             return row
 
         blobs, physical = one("SELECT count(*), CAST(coalesce(sum(size), 0) AS BIGINT) FROM contents")
-        uploads, upload_bytes = one("SELECT count(*), CAST(coalesce(sum(size), 0) AS BIGINT) FROM uploads")
+        uploads, expired = one("SELECT count(*), count(*) FILTER (attachment_id IN (SELECT attachment_id FROM expired)) "
+                               "FROM uploads")
+        upload_bytes, = one("SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM live_uploads")
         live, live_bytes = one("SELECT count(*), CAST(coalesce(sum(size), 0) AS BIGINT) FROM live_refs")
         users = con.execute(f"""
             SELECT uid, CAST(sum(size) AS BIGINT) AS logical_bytes, count(*) AS attachments
-            FROM (SELECT uid, size FROM uploads UNION ALL SELECT uid, size FROM live_refs)
+            FROM (SELECT uid, size FROM live_uploads UNION ALL SELECT uid, size FROM live_refs)
             GROUP BY uid ORDER BY logical_bytes DESC, uid LIMIT {TOP_USERS}
         """).fetchall()
         types = con.execute("""
@@ -84,6 +92,7 @@ def compute_stats(tables: dict[str, pa.Table]) -> dict:
     return {
         "rows": {name: tables[name].num_rows if name in tables else 0 for name in SCHEMAS},
         "uploads": int(uploads),
+        "expired_uploads": int(expired),
         "live_references": int(live),
         "unique_blobs": int(blobs),
         "physical_bytes": int(physical),
@@ -110,7 +119,8 @@ def format_stats(stats: dict) -> str:
         f"  physical bytes   {stats['physical_bytes']} ({_human(stats['physical_bytes'])})",
         f"  logical bytes    {stats['logical_bytes']} ({_human(stats['logical_bytes'])})",
         f"  dedup ratio      {stats['dedup_ratio']:.2f}",
-        f"  uploads          {stats['uploads']}, live mailbox references {stats['live_references']}",
+        f"  uploads          {stats['uploads']} ({stats['expired_uploads']} expired), "
+        f"live mailbox references {stats['live_references']}",
     ]
     if stats["top_users"]:
         lines.append(f"top {len(stats['top_users'])} users by logical bytes")

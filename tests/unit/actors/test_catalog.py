@@ -17,7 +17,16 @@ from actors.catalog import SCHEMAS, CatalogWriter, apply_and_collect, list_parts
 from raymail import config as config_mod
 from raymail.errors import StorageError
 from raymail.mailbox import ShardState
-from raymail.model import Address, AddUpload, AttachmentRef, Delete, Deliver, EmailMeta, Update
+from raymail.model import (
+    Address,
+    AddUpload,
+    AttachmentRef,
+    Delete,
+    Deliver,
+    EmailMeta,
+    ExpireUploads,
+    Update,
+)
 
 # -- fixtures ----------------------------------------------------------------------
 
@@ -66,7 +75,7 @@ def test_rows_stay_buffered_until_flush(config):
     w = CatalogWriter(config, flush_rows=100)
     w.add("blobs", [blob_row(i) for i in range(3)])
     w.add("refs", [ref_row(1), ref_row(1, delta=-1)])
-    assert w.stats()["buffered_rows"] == {"blobs": 3, "refs": 2, "events": 0}
+    assert w.stats()["buffered_rows"] == {"blobs": 3, "refs": 2, "expired": 0, "events": 0}
     assert list_parts(w.store, "blobs").live == []
     assert read_table(w.store, "blobs").num_rows == 0
 
@@ -79,8 +88,8 @@ def test_rows_stay_buffered_until_flush(config):
     assert blobs.to_pylist() == [blob_row(i) for i in range(3)]
     assert read_table(w.store, "refs").column("delta").to_pylist() == [1, -1]
     st = w.stats()
-    assert st["buffered_rows"] == {"blobs": 0, "refs": 0, "events": 0}
-    assert st["rows_written"] == {"blobs": 3, "refs": 2, "events": 0} and st["parts_written"] == {"blobs": 1, "refs": 1, "events": 0}
+    assert st["buffered_rows"] == {"blobs": 0, "refs": 0, "expired": 0, "events": 0}
+    assert st["rows_written"] == {"blobs": 3, "refs": 2, "expired": 0, "events": 0} and st["parts_written"] == {"blobs": 1, "refs": 1, "expired": 0, "events": 0}
     assert st["background"] is False  # no event loop: nothing runs behind our back
     assert w.flush() == {"parts": {}, "rows": {}}
 
@@ -93,7 +102,7 @@ def test_a_full_buffer_flushes_that_table_only(config):
     w.add("blobs", [blob_row(i) for i in range(3, 6)])
     assert len(list_parts(w.store, "blobs").live) == 1
     assert list_parts(w.store, "refs").live == []
-    assert w.stats()["buffered_rows"] == {"blobs": 0, "refs": 1, "events": 0}
+    assert w.stats()["buffered_rows"] == {"blobs": 0, "refs": 1, "expired": 0, "events": 0}
     assert ids(read_table(w.store, "blobs")) == sorted(f"a{i}" for i in range(6))
 
 
@@ -169,7 +178,7 @@ def test_bad_rows_are_refused_naming_what_is_wrong(local_config, table, rows, me
     with pytest.raises(ValueError) as exc:
         w.add(table, rows)
     assert message in str(exc.value)
-    assert w.stats()["buffered_rows"] == {"blobs": 0, "refs": 0, "events": 0}
+    assert w.stats()["buffered_rows"] == {"blobs": 0, "refs": 0, "expired": 0, "events": 0}
 
 
 def test_extra_keys_are_ignored_and_an_empty_add_is_a_no_op(local_config):
@@ -320,6 +329,16 @@ def test_apply_and_collect_matches_plain_apply_and_yields_rows():
     ]
     catalog.to_arrow("blobs", rows["blobs"])  # they fit the schemas
     catalog.to_arrow("refs", rows["refs"])
+
+
+def test_expired_uploads_yield_a_row_each_once():
+    ops = [AddUpload("alice", _ref(1), 10.0), AddUpload("alice", _ref(2), 11.0),
+           ExpireUploads("alice", ("att1", "att9"), 20.0),  # att9 was never uploaded: no row
+           ExpireUploads("alice", ("att1",), 21.0),  # a replay: no row
+           ExpireUploads("nobody", ("att2",), 22.0)]
+    _, rows = apply_and_collect(ShardState(100), ops)
+    assert rows["expired"] == [{"attachment_id": "att1", "owner_uid": "alice", "ts": 20.0}]
+    catalog.to_arrow("expired", rows["expired"])
 
 
 def test_deliver_then_delete_in_one_batch_yields_both_rows():

@@ -64,7 +64,7 @@ def test_storage_stats_on_known_rows(config):
     stats = storage_stats(config)
     # physical: S1 (1000) + S2 (300); logical: uploads 2300 + live refs
     # (bob,a1) 1000 + (alice,a1) 1000 + (carol,a3) 300 + (dave,a3) 300 = 2600
-    assert stats["rows"] == {"blobs": 3, "refs": 9, "events": 0}
+    assert stats["rows"] == {"blobs": 3, "refs": 9, "expired": 0, "events": 0}
     assert stats["unique_blobs"] == 2
     assert stats["physical_bytes"] == 1300
     assert stats["uploads"] == 3 and stats["live_references"] == 4
@@ -92,6 +92,16 @@ def test_empty_catalog(config):
     assert (stats["unique_blobs"], stats["physical_bytes"], stats["logical_bytes"]) == (0, 0, 0)
     assert stats["top_users"] == [] and stats["content_types"] == []
     assert "dedup ratio      1.00" in format_stats(stats)
+
+
+def test_expired_uploads_leave_the_logical_bytes_and_stay_counted_as_uploads():
+    tables = {"blobs": to_arrow("blobs", UPLOADS), "refs": to_arrow("refs", REFS),
+              "expired": to_arrow("expired", [{"attachment_id": "a3", "owner_uid": "alice", "ts": 5.0}])}
+    stats = compute_stats(tables)
+    assert stats["uploads"] == 3 and stats["expired_uploads"] == 1
+    assert stats["logical_bytes"] == 4900 - 300  # alice's a3 upload no longer counts; carol's copy does
+    assert stats["top_users"][0] == {"uid": "alice", "logical_bytes": 2000, "attachments": 2}
+    assert "uploads          3 (1 expired)" in format_stats(stats)
 
 
 def test_top_users_are_the_ten_largest():
