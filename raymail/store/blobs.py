@@ -23,6 +23,7 @@ import ctypes
 import hashlib
 import os
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -102,6 +103,10 @@ class Upload:
         self._fh = None
         self._aborted = False
         self._done: tuple[str, str, int] | None = None
+        # An abort can come from another thread while a write is under way there (a
+        # request given up mid-upload): it waits for that write, so no file is made
+        # after the abort removed what there was.
+        self._lock = threading.Lock()
 
     def key_and_sha(self) -> tuple[str, str]:
         """The blob's key and SHA-256 (hex) for what was written so far."""
@@ -116,6 +121,10 @@ class Upload:
     def write(self, data: bytes) -> None:
         """Hash and keep ``data``, the next bytes of the blob; calls must come in
         order, one at a time."""
+        with self._lock:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if self._aborted:
             raise StorageError("the upload was aborted")
         self.sha.update(data)
@@ -134,7 +143,7 @@ class Upload:
                 written = self._fh.write(view)
                 view = view[written if written is not None else len(view) :]
         except Exception as exc:  # noqa: BLE001
-            self.abort()
+            self._abort()
             raise StorageError(f"storage failed during the upload: {exc}") from exc
 
     def _open_file(self):
@@ -149,6 +158,10 @@ class Upload:
 
     def commit(self) -> tuple[str, str, int]:
         """Make the blob durable under its content address; returns (key, sha256, size)."""
+        with self._lock:  # an abort from another thread waits: the blob is kept or gone, never half
+            return self._commit()
+
+    def _commit(self) -> tuple[str, str, int]:
         if self._aborted:
             raise StorageError("the upload was aborted")
         if self._done is not None:
@@ -190,7 +203,7 @@ class Upload:
                     fs.put_file(self.tmp, final, chunksize=UPLOAD_PART_BYTES, max_concurrency=UPLOAD_CONCURRENCY)
                 os.unlink(self.tmp)
         except Exception as exc:  # noqa: BLE001
-            self.abort()
+            self._abort()
             raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
         self._done = (key, sha, self.size)
         return self._done
@@ -213,6 +226,10 @@ class Upload:
         return self._done
 
     def abort(self) -> None:
+        with self._lock:
+            self._abort()
+
+    def _abort(self) -> None:
         if self._done is not None:
             return  # committed: the blob stays
         self._aborted = True

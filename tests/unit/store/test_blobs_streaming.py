@@ -648,3 +648,26 @@ def test_a_streamed_put_cut_mid_body_is_sent_again_whole(s3_options, moto, tmp_p
         assert store.get(key) == data
     finally:
         proxy.close()
+
+
+def test_an_abort_from_another_thread_during_a_write_leaves_no_file(tmp_path: Path):
+    # The gateway gives up on a request while a worker thread is writing: the abort
+    # runs in another thread. Whatever the interleaving, nothing may stay behind.
+    import threading
+
+    store = BlobStore((tmp_path / "blobs").as_uri())
+    data = b"x" * (LOCAL_MEMORY_BYTES + 1)  # this write makes the upload's file
+    for _ in range(200):
+        up = store.upload("att")
+        writer = threading.Thread(target=_write_quietly, args=(up, data))
+        writer.start()
+        up.abort()
+        writer.join()
+    assert keys(store, "tmp") == []
+
+
+def _write_quietly(up: Upload, data: bytes) -> None:
+    try:
+        up.write(data)
+    except StorageError:
+        pass  # aborted first
