@@ -155,7 +155,7 @@ class MailboxShard:
                 ops = self.state.expired_uploads(now - ttl, now)
                 if ops:
                     await self.apply_batch(codec.encode(ops))
-                    log.info("shard %d: %d unsent uploads of %d users expired", self.index,
+                    log.info("shard %d: %d uploads of %d users expired", self.index,
                              sum(len(op.ids) for op in ops), len(ops))
             except Exception:  # noqa: BLE001 - keep sweeping; nothing is lost by a late expiry
                 log.exception("shard %d: expiring uploads failed", self.index)

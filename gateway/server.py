@@ -73,21 +73,21 @@ class Gateway:
         shard_handles = [ray.get_actor(n, namespace=config.cluster.namespace) for n in shard_names]
         self.name = f"gateway-{index}"
         g = config.gateway
+        router = ShardRouter(
+            shard_handles, max_ops=g.batch_max_ops, max_inflight=g.max_inflight_batches, timeout_s=g.request_timeout_s
+        )
         self.svc = Services(
             config=config,
             name=self.name,
             directory=Directory(config.data_path),
-            router=ShardRouter(
-                shard_handles, max_ops=g.batch_max_ops, max_inflight=g.max_inflight_batches, timeout_s=g.request_timeout_s
-            ),
+            router=router,
             blobs=BlobStore(config.storage_url, config.storage.options, spool_dir=self._fresh_spool_dir()),
-            hub=Hub(g.ws_queue_size),
+            # Pushes can arrive out of order or go missing: the hub fills gaps from the shard.
+            hub=Hub(g.ws_queue_size,
+                    fetch=lambda uid, cursor: router.read(uid, "events_since", cursor, _GAP_FILL_PAGE)),
             metrics=GatewayMetrics(self.name),
             send_limiter=TokenBuckets(config.limits.send_rate_per_s, config.limits.send_burst),
         )
-        router = self.svc.router
-        # Pushes can arrive out of order or go missing: the hub fills gaps from the shard.
-        self.svc.hub.fetch = lambda uid, cursor: router.read(uid, "events_since", cursor, _GAP_FILL_PAGE)
         self.push_calls = 0
         # A (re)started gateway holds no sockets: shards forget what they believed it
         # held. Sent before the server starts, so before any socket subscribes.

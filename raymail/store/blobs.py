@@ -166,8 +166,7 @@ class Upload:
             raise StorageError("the upload was aborted")
         if self._done is not None:
             return self._done  # committed already: nothing more to write
-        sha = self.sha.hexdigest()
-        key = blob_key(self.kind, sha)
+        key, sha = self.key_and_sha()
         final = self.store._path(key)
         fs = self.store.fs
         try:
@@ -214,8 +213,7 @@ class Upload:
         else commits in a worker thread."""
         if self._small is None or self.store.local or self._aborted or self._done is not None:
             return await asyncio.to_thread(self.commit)
-        sha = self.sha.hexdigest()
-        key = blob_key(self.kind, sha)
+        key, sha = self.key_and_sha()
         data, self._small = b"".join(self._small), []
         try:
             await _on_loop(self.store.fs, self.store._put_objects_async([(self.store._path(key), data, self.sha.digest())]))
