@@ -68,8 +68,13 @@ class FilesApi:
             content_type = att.normalize_content_type(ctype_header)
         except att.AttachmentError as exc:
             raise Unprocessable(str(exc), code="invalid_content_type") from None
+        try:
+            digest = att.declared_sha256(request.headers.get("content-digest"), request.headers.get("repr-digest"))
+        except att.AttachmentError as exc:
+            raise BadRequest(str(exc), code="invalid_digest") from None
         filename = att.sanitize_filename(_filename(request))
-        ref = await self._store(user, request.stream(), content_type, filename)
+        size = int(declared) if declared and declared.isdigit() else None
+        ref = await self._store(user, request.stream(), content_type, filename, digest, size)
         return _created(ref)
 
     async def _upload_form(self, request: Request, user: User) -> Response:
@@ -96,8 +101,14 @@ class FilesApi:
             await form.close()
         return _created(ref)
 
-    async def _store(self, user: User, body: AsyncIterator[bytes], content_type: str, filename: str) -> AttachmentRef:
+    async def _store(self, user: User, body: AsyncIterator[bytes], content_type: str, filename: str,
+                     digest: bytes | None = None, size: int | None = None) -> AttachmentRef:
+        """``digest``: the SHA-256 the client declared (RFC 9530), checked before
+        anything is kept; a small upload of known ``size`` to an object store is
+        then sent to it while it arrives."""
         upload: Upload = self.svc.blobs.upload("att")  # no I/O yet
+        if digest is not None:
+            upload.expect(digest, size)
         # A pipeline: while one buffer is hashed and written in a worker thread, the
         # event loop receives the next. At most WRITE_QUEUE buffers wait: bounded memory.
         # A small upload (kept in memory until its commit writes it once) is hashed
@@ -150,6 +161,9 @@ class FilesApi:
                 await hand_over(b"".join(pending))
             await queue.put(None)
             await writing
+            if not upload.digest_matches():
+                raise BadRequest("the body does not match its Content-Digest (sha-256): it was changed or cut "
+                                 "short on the way; nothing was kept, send it again", code="digest_mismatch")
             return await self._commit_recorded(user, upload, content_type, filename)
         except StorageError as exc:
             writing.cancel()
@@ -222,6 +236,7 @@ class FilesApi:
             "Content-Disposition": att.content_disposition(ref.filename),
             "Accept-Ranges": "bytes",
             "ETag": f'"{ref.sha256}"',
+            "Repr-Digest": att.repr_digest(ref.sha256),  # RFC 9530: the whole file's, for a range too
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "sandbox",
             "Content-Length": str(end - start + 1 if ref.size else 0),

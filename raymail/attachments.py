@@ -1,7 +1,10 @@
-"""Attachment rules without I/O: filenames, content types, dispositions, byte ranges."""
+"""Attachment rules without I/O: filenames, content types, dispositions, byte ranges,
+digests."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import unicodedata
 from urllib.parse import quote
@@ -11,6 +14,7 @@ DEFAULT_FILENAME = "attachment"
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _CONTENT_TYPE_RE = re.compile(rf"^({_TOKEN})/({_TOKEN})$")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_DIGEST_RE = re.compile(r"^:([A-Za-z0-9+/]*={0,2}):$")
 # Bidirectional overrides and isolates can make "evil\u202egnp.exe" read as "evilexe.png".
 _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
 
@@ -93,3 +97,36 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size or end < start:
         raise AttachmentError(f"range {header} is outside the {size} bytes of the file")
     return start, min(end, size - 1)
+
+
+def declared_sha256(*headers: str | None) -> bytes | None:
+    """The SHA-256 a client declared for its body in ``Content-Digest`` or
+    ``Repr-Digest`` (RFC 9530: ``sha-256=:<base64>:``, among other algorithms that
+    are ignored); None when there is none.
+
+    Raises AttachmentError for a sha-256 value that is not 32 bytes of base64, or
+    for two that differ.
+    """
+    found: set[bytes] = set()
+    for header in headers:
+        for member in (header or "").split(","):
+            name, eq, value = member.partition("=")
+            if not eq or name.strip().lower() != "sha-256":
+                continue
+            m = _DIGEST_RE.match(value.split(";", 1)[0].strip())
+            try:
+                digest = base64.b64decode(m.group(1), validate=True) if m else b""
+            except binascii.Error:
+                digest = b""
+            if len(digest) != 32:
+                raise AttachmentError("the sha-256 digest must be 32 bytes in base64 between colons "
+                                      "(RFC 9530), as in sha-256=:<base64>:")
+            found.add(digest)
+    if len(found) > 1:
+        raise AttachmentError("the body declares two different sha-256 digests")
+    return found.pop() if found else None
+
+
+def repr_digest(sha256_hex: str) -> str:
+    """The ``Repr-Digest`` header value (RFC 9530) for a SHA-256 given in hex."""
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode('ascii')}:"

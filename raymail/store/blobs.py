@@ -21,6 +21,7 @@ import base64
 import contextlib
 import ctypes
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -46,6 +47,7 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
+log = logging.getLogger(__name__)
 
 
 def blob_key(kind: str, sha256_hex: str) -> str:
@@ -81,6 +83,78 @@ def _checked(digest: bytes) -> dict:
     return {"ChecksumSHA256": base64.b64encode(digest).decode("ascii")}
 
 
+class _Body:
+    """A PUT's body that arrives while it is sent: an async iterable for the HTTP
+    client, file-like enough for the S3 client (which never reads it), and not
+    seekable, so the client cannot retry it."""
+
+    def __init__(self, queue: asyncio.Queue) -> None:
+        self._queue = queue
+
+    def read(self, n: int = -1) -> bytes:
+        raise StorageError("a streamed body is sent as it arrives, not read")
+
+    async def __aiter__(self):
+        while (item := await self._queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class _StreamedPut:
+    """One PUT of a small upload to an object store, sent while the upload arrives,
+    under the key of the SHA-256 its client declared.
+
+    The last piece is held back until the upload's own hash matches the declared
+    one: a body that does not match never reaches the store complete, the PUT is
+    cut off, and an object store keeps nothing of a PUT cut off (the checksum
+    header would also have it refuse the body). ``feed``, ``finish`` and ``cancel``
+    may be called from any thread; the PUT runs on the storage client's loop."""
+
+    def __init__(self, store: BlobStore, path: str, size: int, digest: bytes) -> None:
+        self._loop = store.fs.loop
+        self._queue: asyncio.Queue = asyncio.Queue()  # used on the storage loop only
+        self._held: bytes | None = None
+        self.size = size
+        self.future = asyncio.run_coroutine_threadsafe(self._put(store, path, size, digest), self._loop)
+
+    @staticmethod
+    async def _put_object(store: BlobStore, path: str, size: int, digest: bytes, body: _Body) -> None:
+        bucket, key, _ = store.fs.split_path(path)
+        await store.fs.set_session()
+        await store.fs.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=size, **_checked(digest))
+
+    async def _put(self, store: BlobStore, path: str, size: int, digest: bytes) -> None:
+        try:
+            await self._put_object(store, path, size, digest, _Body(self._queue))
+        except Exception as exc:  # noqa: BLE001 - mapped at the boundary
+            raise StorageError(f"the PUT sent while its upload arrived failed: {exc}") from exc
+
+    def _send(self, item) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def feed(self, data: bytes) -> None:
+        """The next bytes; the latest are held back until ``finish``."""
+        if not data:
+            return  # an empty piece (the end of a request's body) must not release the held one
+        if self._held is not None:
+            self._send(self._held)
+        self._held = data
+
+    def finish(self) -> None:
+        """Send what was held back: the PUT completes."""
+        if self._held is not None:
+            self._send(self._held)
+            self._held = None
+        self._send(None)
+
+    def cancel(self, why: str) -> None:
+        """Cut the PUT off; nothing is stored."""
+        self._held = None
+        self._send(StorageError(why))
+        self.future.add_done_callback(lambda f: f.exception())  # its failure is expected: not logged as lost
+
+
 class Upload:
     """A blob being streamed in: hashed on the way, invisible until ``commit``."""
 
@@ -107,6 +181,27 @@ class Upload:
         # request given up mid-upload): it waits for that write, so no file is made
         # after the abort removed what there was.
         self._lock = threading.Lock()
+        self._expected: bytes | None = None  # the SHA-256 its client declared
+        self._stream: _StreamedPut | None = None
+
+    def expect(self, digest: bytes, size: int | None) -> None:
+        """The client declared the blob's SHA-256 (and its ``size``, when known)
+        before sending it: the commit refuses other bytes (``digest_matches``).
+        A small upload of known size to an object store is then sent while it
+        arrives, under that digest's key, instead of once it is whole."""
+        self._expected = digest
+        if (not self.store.local and self.size == 0 and size is not None and 0 < size <= self._memory_limit
+                and self._stream is None):
+            self._stream = _StreamedPut(self.store, self.store._path(blob_key(self.kind, digest.hex())), size, digest)
+
+    def digest_matches(self) -> bool:
+        """False when the client declared a SHA-256 other than the bytes'."""
+        return self._expected is None or self.sha.digest() == self._expected
+
+    def _stop_stream(self, why: str) -> None:
+        if self._stream is not None:
+            self._stream.cancel(why)
+            self._stream = None
 
     def key_and_sha(self) -> tuple[str, str]:
         """The blob's key and SHA-256 (hex) for what was written so far."""
@@ -132,6 +227,11 @@ class Upload:
         if self._small is not None:
             self._small.append(data)
             self._small_bytes += len(data)
+            if self._stream is not None:
+                if self.size <= self._stream.size:
+                    self._stream.feed(data)  # the latest bytes are held back: nothing completes the PUT yet
+                else:  # past its declared size: sent the usual way
+                    self._stop_stream("the upload is larger than its client declared")
             if self._small_bytes <= self._memory_limit:
                 return
             data, self._small = b"".join(self._small), None  # too big to keep: to a file from here on
@@ -166,6 +266,10 @@ class Upload:
             raise StorageError("the upload was aborted")
         if self._done is not None:
             return self._done  # committed already: nothing more to write
+        if not self.digest_matches():
+            self._abort()
+            raise StorageError("the upload does not match the SHA-256 its client declared")
+        self._stop_stream("sent the usual way")  # only a small upload of its declared size is streamed
         key, sha = self.key_and_sha()
         final = self.store._path(key)
         fs = self.store.fs
@@ -213,10 +317,25 @@ class Upload:
         else commits in a worker thread."""
         if self._small is None or self.store.local or self._aborted or self._done is not None:
             return await asyncio.to_thread(self.commit)
+        if not self.digest_matches():
+            self.abort()
+            raise StorageError("the upload does not match the SHA-256 its client declared")
         key, sha = self.key_and_sha()
         data, self._small = b"".join(self._small), []
+        stream, self._stream = self._stream, None
+        sent = False
         try:
-            await _on_loop(self.store.fs, self.store._put_objects_async([(self.store._path(key), data, self.sha.digest())]))
+            if stream is not None and self.size == stream.size:
+                stream.finish()
+                try:
+                    await asyncio.wrap_future(stream.future)
+                    sent = True
+                except Exception as exc:  # noqa: BLE001 - sent again below, whole
+                    log.info("a PUT sent while its upload arrived failed (%s); sending it again, whole", exc)
+            elif stream is not None:
+                stream.cancel("the upload is smaller than its client declared")
+            if not sent:
+                await _on_loop(self.store.fs, self.store._put_objects_async([(self.store._path(key), data, self.sha.digest())]))
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
@@ -232,6 +351,7 @@ class Upload:
             return  # committed: the blob stays
         self._aborted = True
         self._small = None
+        self._stop_stream("the upload was aborted")
         if self._fh is None:
             return  # nothing was written anywhere
         with contextlib.suppress(Exception):  # best effort; GC removes what is left in tmp/

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import hashlib
 import os
@@ -159,6 +160,83 @@ async def test_bad_uploads(storage_app, ctype, data, status, code):
         assert r.status_code == status, r.text
         assert r.json()["error"]["code"] == code
     assert att_objects(app) == before and not storage_of(app).list("tmp")
+
+
+def content_digest(data: bytes) -> str:
+    return f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
+
+
+@pytest.mark.parametrize("size", [150_000, 1_500_000], ids=["small", "past-a-local-store's-memory"])
+async def test_an_upload_with_its_content_digest(storage_app, size):
+    app = storage_app
+    alice = app.user()
+    data = os.urandom(size)
+    r = await upload(app, alice["token"], data, ctype="application/zip", **{"Content-Digest": content_digest(data)})
+    assert r.status_code == 201, r.text
+    meta = r.json()
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+
+    async def chunked():  # no Content-Length: checked all the same
+        for i in range(0, len(data), 64 * 1024):
+            yield data[i : i + 64 * 1024]
+
+    async with app.client(alice["token"]) as c:
+        r2 = await c.post("/v1/attachments", content=chunked(),
+                          headers={"Content-Type": "application/zip", "Repr-Digest": content_digest(data)})
+        assert r2.status_code == 201, r2.text
+        got = await c.get(f"/v1/attachments/{meta['id']}")
+        assert got.content == data and got.headers["repr-digest"] == content_digest(data)
+        part = await c.get(f"/v1/attachments/{meta['id']}", headers={"Range": "bytes=0-9"})
+        assert part.status_code == 206 and part.headers["repr-digest"] == content_digest(data)  # the whole file's
+    assert att_objects(app) == {f"att/{meta['sha256'][:2]}/{meta['sha256']}"} | (att_objects(app) - {
+        f"att/{meta['sha256'][:2]}/{meta['sha256']}"})
+    assert storage_of(app).get(f"att/{meta['sha256'][:2]}/{meta['sha256']}") == data
+    assert not storage_of(app).list("tmp")
+
+
+async def test_an_upload_that_does_not_match_its_content_digest_keeps_nothing(storage_app):
+    app = storage_app
+    alice, mallory = app.user(), app.user()
+    data = os.urandom(600_000)
+    meta = (await upload(app, alice["token"], data, ctype="application/pdf")).json()
+    before = att_objects(app)
+    # Other bytes of the same length, claiming to be alice's: refused, and alice's file is untouched.
+    other = os.urandom(len(data))
+    r = await upload(app, mallory["token"], other, ctype="application/pdf", **{"Content-Digest": content_digest(data)})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "digest_mismatch", r.text
+    assert "Content-Digest" in r.json()["error"]["message"]
+    r = await upload(app, mallory["token"], other[:-1] + bytes([other[-1] ^ 1]), ctype="application/pdf",
+                     **{"Content-Digest": content_digest(other)})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "digest_mismatch"
+    await asyncio.sleep(0.3)  # a PUT cut off would have landed by now
+    assert att_objects(app) == before and not storage_of(app).list("tmp")
+    async with app.client(alice["token"]) as c:
+        assert (await c.get(f"/v1/attachments/{meta['id']}")).content == data
+    async with app.client(mallory["token"]) as c:  # and mallory got no id to read it by
+        assert (await c.get("/v1/emails")).status_code == 200
+    # Sent again, right: kept.
+    r = await upload(app, mallory["token"], other, ctype="application/pdf", **{"Content-Digest": content_digest(other)})
+    assert r.status_code == 201 and r.json()["sha256"] == hashlib.sha256(other).hexdigest()
+
+
+@pytest.mark.parametrize("header", ["sha-256=:AAAA:", "sha-256=abc", "sha-256=:" + "!" * 44 + ":",
+                                    "sha-256=:" + base64.b64encode(b"x" * 32).decode() + ":, sha-256=:"
+                                    + base64.b64encode(b"y" * 32).decode() + ":"])
+async def test_a_malformed_content_digest_is_refused(storage_app, header):
+    app = storage_app
+    alice = app.user()
+    before = att_objects(app)
+    r = await upload(app, alice["token"], b"abc", ctype="text/plain", **{"Content-Digest": header})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_digest", r.text
+    assert "sha-256" in r.json()["error"]["message"]
+    assert att_objects(app) == before
+
+
+async def test_a_content_digest_of_another_algorithm_is_ignored(storage_app):
+    app = storage_app
+    alice = app.user()
+    r = await upload(app, alice["token"], b"abc", ctype="text/plain", **{"Content-Digest": "sha-512=:AAAA:"})
+    assert r.status_code == 201
 
 
 async def test_upload_over_the_limit_stores_nothing(storage_app):

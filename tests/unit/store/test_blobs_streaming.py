@@ -671,3 +671,137 @@ def _write_quietly(up: Upload, data: bytes) -> None:
         up.write(data)
     except StorageError:
         pass  # aborted first
+
+
+# -- A declared SHA-256 (the client's Content-Digest) -----------------------------
+
+
+def _count_puts(store: BlobStore) -> list:
+    """Each PutObject the store's S3 client starts, as it starts."""
+    store.exists("warm-up")  # the client exists from here on
+    started: list = []
+    store.fs.s3.meta.events.register("before-call.s3.PutObject", lambda **kw: started.append(1))
+    return started
+
+
+def _commit(up: Upload) -> tuple[str, str, int]:
+    import asyncio
+
+    return asyncio.run(up.commit_async())
+
+
+def _wait_for(cond, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_a_declared_upload_is_sent_to_s3_while_it_arrives(s3_options, tmp_path):
+    store = BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", s3_options, spool_dir=tmp_path / "spool")
+    puts = _count_puts(store)
+    data = data_of(1024 * 1024)
+    digest = hashlib.sha256(data).digest()
+    key = blob_key("att", digest.hex())
+    up = store.upload("att")
+    up.expect(digest, len(data))
+    pieces = [data[i : i + 64 * 1024] for i in range(0, len(data), 64 * 1024)]
+    for piece in pieces[:-1]:
+        up.write(piece)
+    _wait_for(lambda: puts, "the PUT to start before the upload is whole")
+    time.sleep(0.2)
+    assert not store.exists(key)  # its last piece is held back: the PUT cannot complete
+    up.write(pieces[-1])
+    assert _commit(up) == (key, digest.hex(), len(data))
+    assert store.get(key) == data
+    assert len(puts) == 1  # that PUT, not a second one of the whole
+    assert spooled(store) == []
+
+
+@pytest.mark.parametrize("declared", [-50_000, -10, +10],
+                         ids=["larger-by-a-piece", "larger-mid-piece", "smaller-than-declared"])
+def test_an_upload_not_of_its_declared_size_is_sent_whole(s3_options, tmp_path, declared):
+    store = BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", s3_options, spool_dir=tmp_path / "spool")
+    store.exists("warm-up")  # the client is ready: a PUT would complete well within the wait below
+    data = data_of(300_000)
+    key = blob_key("att", hashlib.sha256(data).hexdigest())
+    up = store.upload("att")
+    up.expect(hashlib.sha256(data).digest(), len(data) + declared)
+    for i in range(0, len(data), 50_000):
+        up.write(data[i : i + 50_000])
+    time.sleep(0.5)
+    assert not store.exists(key)  # not the first bytes cut to the declared size, not even for a while
+    assert _commit(up)[0] == key
+    assert store.get(key) == data
+
+
+def test_an_upload_that_does_not_match_its_declared_digest_stores_nothing(store: BlobStore, backend: str):
+    stored = data_of(200_000, 1)
+    key, sha, _ = stream(store, [stored])  # somebody's blob
+    puts = _count_puts(store) if backend == "s3" else []
+    up = store.upload("att")
+    up.expect(bytes.fromhex(sha), len(stored))  # claims to be those bytes
+    other = data_of(200_000, 2)
+    for i in range(0, len(other), 20_000):
+        up.write(other[i : i + 20_000])
+    up.write(b"")  # as a request body ends
+    if backend == "s3":
+        _wait_for(lambda: puts, "the PUT to start")
+    assert not up.digest_matches()
+    with pytest.raises(StorageError, match="SHA-256 its client declared"):
+        _commit(up)
+    time.sleep(0.2)
+    assert store.get(key) == stored  # untouched
+    assert keys(store, "att") == [key] and keys(store, "tmp") == []
+
+
+def test_a_declared_upload_to_a_local_store_is_checked_too(tmp_path: Path):
+    store = BlobStore((tmp_path / "blobs").as_uri())
+    data = data_of(LOCAL_MEMORY_BYTES + 5)  # past memory: from a file
+    up = store.upload("att")
+    up.expect(hashlib.sha256(data).digest(), len(data))
+    up.write(data[:1000])
+    up.write(data[1000:])
+    key, _, _ = up.commit()
+    assert store.get(key) == data
+    bad = store.upload("att")
+    bad.expect(hashlib.sha256(b"other").digest(), len(data))
+    bad.write(data)
+    with pytest.raises(StorageError):
+        bad.commit()
+    assert keys(store, "att") == [key] and keys(store, "tmp") == []
+
+
+def test_an_aborted_declared_upload_stores_nothing(s3_options, tmp_path):
+    store = BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", s3_options, spool_dir=tmp_path / "spool")
+    puts = _count_puts(store)
+    data = data_of(500_000)
+    up = store.upload("att")
+    up.expect(hashlib.sha256(data).digest(), len(data))
+    up.write(data[:400_000])
+    _wait_for(lambda: puts, "the PUT to start")
+    stream_future = up._stream.future
+    up.abort()
+    with pytest.raises(StorageError):
+        stream_future.result(timeout=10)
+    assert keys(store, "att") == []
+
+
+def test_a_streamed_put_that_fails_is_sent_again_whole(s3_options, moto, tmp_path):
+    proxy = _CutOnce(moto.endpoint, after=256 * 1024)
+    try:
+        options = {**s3_options, "endpoint_url": proxy.endpoint,
+                   "config_kwargs": {"read_timeout": 10, "retries": {"max_attempts": 3, "mode": "standard"}}}
+        store = BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", options, spool_dir=tmp_path / "spool")
+        store.exists("warm-up")  # its connection carries no body: not the one cut
+        data = data_of(1024 * 1024, 3)
+        up = store.upload("att")
+        up.expect(hashlib.sha256(data).digest(), len(data))
+        for i in range(0, len(data), 64 * 1024):
+            up.write(data[i : i + 64 * 1024])
+        key, _, _ = _commit(up)
+        assert proxy.cut == 1, "the streamed PUT was never cut: the test did not test anything"
+        assert store.get(key) == data
+    finally:
+        proxy.close()
