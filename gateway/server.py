@@ -209,3 +209,5 @@ class Gateway:
             if self._task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._task, 10)
+        if self.svc is not None:
+            await self.svc.blobs.aclose()

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 import fsspec
@@ -70,10 +71,27 @@ UPLOAD_CONCURRENCY = 3  # multipart parts in flight at once per upload: 24 MiB o
 S3FS_SINGLE_PUT_BYTES = 100 * 1024 * 1024
 
 
+def _loop_of(fs):
+    """The event loop ``fs`` sends its requests on (an asynchronous client does not
+    keep it: ``BlobStore.loop_fs`` notes it)."""
+    return getattr(fs, "bound_loop", None) or fs.loop
+
+
+def _running_loop():
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 async def _on_loop(fs, coro):
-    """Await ``coro`` on the storage client's own event loop (s3fs runs one in its
-    thread) from another loop, with no worker thread between."""
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, fs.loop))
+    """Await ``coro`` on ``fs``'s event loop: directly when it is the running one,
+    else from this loop with no worker thread between (s3fs's own loop runs in its
+    own thread)."""
+    loop = _loop_of(fs)
+    if loop is asyncio.get_running_loop():
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
 
 def _checked(digest: bytes) -> dict:
@@ -112,26 +130,27 @@ class _StreamedPut:
     may be called from any thread; the PUT runs on the storage client's loop."""
 
     def __init__(self, store: BlobStore, path: str, size: int, digest: bytes) -> None:
-        self._loop = store.fs.loop
-        self._queue: asyncio.Queue = asyncio.Queue()  # used on the storage loop only
+        fs = store.loop_fs()  # the running loop's client, if any: no thread hop per piece
+        self._loop = _loop_of(fs)
+        self._queue: asyncio.Queue = asyncio.Queue()  # used on that loop only
         self._held: bytes | None = None
         self.size = size
-        self.future = asyncio.run_coroutine_threadsafe(self._put(store, path, size, digest), self._loop)
+        self.future = asyncio.run_coroutine_threadsafe(self._put(fs, path, size, digest), self._loop)
 
-    @staticmethod
-    async def _put_object(store: BlobStore, path: str, size: int, digest: bytes, body: _Body) -> None:
-        bucket, key, _ = store.fs.split_path(path)
-        await store.fs.set_session()
-        await store.fs.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=size, **_checked(digest))
-
-    async def _put(self, store: BlobStore, path: str, size: int, digest: bytes) -> None:
+    async def _put(self, fs, path: str, size: int, digest: bytes) -> None:
+        bucket, key, _ = fs.split_path(path)
         try:
-            await self._put_object(store, path, size, digest, _Body(self._queue))
+            await fs.set_session()
+            await fs.s3.put_object(Bucket=bucket, Key=key, Body=_Body(self._queue), ContentLength=size,
+                                   **_checked(digest))
         except Exception as exc:  # noqa: BLE001 - mapped at the boundary
             raise StorageError(f"the PUT sent while its upload arrived failed: {exc}") from exc
 
     def _send(self, item) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        if _running_loop() is self._loop:
+            self._queue.put_nowait(item)
+        else:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     def feed(self, data: bytes) -> None:
         """The next bytes; the latest are held back until ``finish``."""
@@ -335,7 +354,8 @@ class Upload:
             elif stream is not None:
                 stream.cancel("the upload is smaller than its client declared")
             if not sent:
-                await _on_loop(self.store.fs, self.store._put_objects_async([(self.store._path(key), data, self.sha.digest())]))
+                fs = self.store.loop_fs()
+                await _on_loop(fs, self.store._put_objects_async([(self.store._path(key), data, self.sha.digest())], fs))
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
@@ -386,6 +406,8 @@ class BlobStore:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
             raise StorageError(f"[storage] cannot open {url!r}: {exc}") from exc
+        self._options = options
+        self._loop_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.root = root.rstrip("/")
         if hasattr(self.fs, "retries"):
             self.fs.retries = 3  # s3fs's own retry loop, on top of botocore's
@@ -399,6 +421,30 @@ class BlobStore:
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
+
+    def loop_fs(self):
+        """The object store's client for the running event loop, made the first time
+        it is asked for there: the storage client's own loop runs in its own thread,
+        and awaiting it from another loop costs two thread hops a call. Outside an
+        event loop, and for a local store, the storage client itself."""
+        loop = _running_loop()
+        if loop is None or self.local or loop is self.fs.loop:
+            return self.fs
+        fs = self._loop_clients.get(loop)
+        if fs is None:
+            fs = type(self.fs)(asynchronous=True, skip_instance_cache=True, **self._options)
+            fs.retries = self.fs.retries
+            fs.bound_loop = loop
+            self._loop_clients[loop] = fs
+        return fs
+
+    async def aclose(self) -> None:
+        """Close the running event loop's client, if it has one (its connections
+        would otherwise be left to the garbage collector)."""
+        fs = self._loop_clients.pop(_running_loop(), None)
+        if fs is not None and fs._s3 is not None:
+            with contextlib.suppress(Exception):  # closing: nothing to lose
+                await fs._s3.close()
 
     def put(self, kind: str, data: bytes) -> str:
         """Store ``data`` durably and return its key."""
@@ -429,11 +475,12 @@ class BlobStore:
         client's connection pool bounds how many are in flight)."""
         fsspec.asyn.sync(self.fs.loop, self._put_objects_async, sends)
 
-    async def _put_objects_async(self, sends: list[tuple[str, bytes, bytes]]) -> None:
+    async def _put_objects_async(self, sends: list[tuple[str, bytes, bytes]], fs=None) -> None:
         # The checksum is an argument of one PUT: a multipart upload's parts get
         # the client's default CRC32.
+        fs = fs or self.fs
         await asyncio.gather(*(
-            self.fs._pipe_file(path, data, **(_checked(digest) if len(data) < S3FS_SINGLE_PUT_BYTES else {}))
+            fs._pipe_file(path, data, **(_checked(digest) if len(data) < S3FS_SINGLE_PUT_BYTES else {}))
             for path, data, digest in sends))
 
     def _put_streamed(self, local_path: str, path: str, size: int, digest: bytes) -> None:
@@ -566,7 +613,7 @@ class BlobStore:
                 fh = open(self._path(key), "rb")  # noqa: SIM115 - closed by BlobReader.close
                 fh.seek(start)
             else:
-                fh = _ObjectStream(self.fs, self._path(key), start, stop)
+                fh = _ObjectStream(self.loop_fs(), self._path(key), start, stop)
             return BlobReader(key, fh)
 
     async def open_and_read(self, key: str, start: int, stop: int, n: int) -> tuple[bytes, BlobReader]:
@@ -621,9 +668,9 @@ def _past_the_end(exc: OSError) -> bool:
 
 
 class _ObjectStream:
-    """One ranged GET whose body is read as it arrives. s3fs's own event loop runs
-    the requests: ``read`` blocks a worker thread on it, as every fsspec call does;
-    ``aread`` awaits it from another event loop."""
+    """One ranged GET whose body is read as it arrives, on the loop of the client it
+    is given: ``read`` blocks a worker thread on it, as every fsspec call does;
+    ``aread`` awaits it from an event loop (directly when it is that loop)."""
 
     def __init__(self, fs, path: str, start: int, stop: int | None) -> None:
         self.fs = fs
@@ -637,10 +684,10 @@ class _ObjectStream:
         however many pieces the body arrives in."""
         if self.done:
             return b""
-        return fsspec.asyn.sync(self.fs.loop, self._read, n)
+        return fsspec.asyn.sync(_loop_of(self.fs), self._read, n)
 
     async def aread(self, n: int) -> bytes:
-        """``read`` for an event loop other than s3fs's own."""
+        """``read`` for an event loop."""
         if self.done:
             return b""
         return await _on_loop(self.fs, self._read(n))
@@ -668,9 +715,12 @@ class _ObjectStream:
 
     def close(self) -> None:
         """A body read to its end has given its connection back already; one left
-        part-way is closed on s3fs's loop, which owns it."""
+        part-way is closed on its client's loop, which owns it."""
         if self.body is not None and not self.done:
-            fsspec.asyn.sync(self.fs.loop, self._close)
+            if _running_loop() is _loop_of(self.fs):
+                self.body.close()
+            else:
+                fsspec.asyn.sync(_loop_of(self.fs), self._close)
         self.body = None
 
     async def _close(self) -> None:

@@ -685,9 +685,16 @@ def _count_puts(store: BlobStore) -> list:
 
 
 def _commit(up: Upload) -> tuple[str, str, int]:
+    """``commit_async`` as the gateway calls it, from an event loop."""
     import asyncio
 
-    return asyncio.run(up.commit_async())
+    async def go() -> tuple[str, str, int]:
+        try:
+            return await up.commit_async()
+        finally:
+            await up.store.aclose()
+
+    return asyncio.run(go())
 
 
 def _wait_for(cond, what: str, timeout: float = 10.0) -> None:
@@ -805,3 +812,43 @@ def test_a_streamed_put_that_fails_is_sent_again_whole(s3_options, moto, tmp_pat
         assert store.get(key) == data
     finally:
         proxy.close()
+
+
+def test_an_event_loop_gets_its_own_s3_client(s3_options, tmp_path):
+    import asyncio
+
+    store = BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", s3_options, spool_dir=tmp_path / "spool")
+    assert store.loop_fs() is store.fs  # outside an event loop: the storage client itself
+    data = data_of(300_000)
+
+    async def go() -> bytes:
+        fs = store.loop_fs()
+        assert fs is not store.fs and store.loop_fs() is fs
+        up = store.upload("att")
+        up.write(data)
+        key, _, _ = await up.commit_async()
+        first, reader = await store.open_and_read(key, 0, len(data), 1000)
+        rest = await reader.aread(len(data))
+        reader.close()
+        part, left = await store.open_and_read(key, 0, len(data), 10)
+        left.close()  # part-way, on the loop: its connection is dropped there
+        assert part == data[:10]
+        again, reader = await store.open_and_read(key, 5, len(data), len(data))
+        reader.close()
+        assert again == data[5:]
+        await store.aclose()
+        assert fs._s3._endpoint.http_session._sessions is None  # its connections are closed
+        return first + rest
+
+    assert asyncio.run(go()) == data
+
+
+def test_a_local_store_has_no_second_client(tmp_path: Path):
+    import asyncio
+
+    store = BlobStore((tmp_path / "blobs").as_uri())
+
+    async def go():
+        return store.loop_fs()
+
+    assert asyncio.run(go()) is store.fs
