@@ -1,6 +1,6 @@
 """Attachment throughput, upload memory and deduplication.
 
-Usage: python bench/attachments.py [--s3] [--streams N]
+Usage: python bench/attachments.py [--s3 [--link-mbps M]] [--streams N]
 - upload and download MB/s through the API for 1 MiB and 50 MiB files, next to a
   plain fsspec copy of the same bytes to/from the same storage in the same run: one
   transfer at a time, then N at once (default 4) on both sides. The API's client is
@@ -8,8 +8,12 @@ Usage: python bench/attachments.py [--s3] [--streams N]
   the fsspec copy is ``put_file``/``get_file`` between a local file and the storage;
   uploads run twice, plain and declaring their SHA-256 (``Content-Digest``);
 - peak gateway memory over its baseline while a 100 MiB upload streams in;
+- with --s3, the latency of a 1 MiB upload from a client sending at 20 MB/s, plain
+  and declaring its digest (a declared upload is sent on to the store as it arrives);
 - stored bytes vs logical bytes when one attachment goes to many recipients.
-With --s3 the storage is a real S3-compatible server (moto) on loopback.
+With --s3 the storage is a real S3-compatible server (moto) on loopback; with
+--link-mbps too, reached through a relay paced to that bandwidth (bench/netlink.py),
+as a store across a network would be.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import base64
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,17 +67,18 @@ class Api:
         self.url = f"http://127.0.0.1:{port}/v1/attachments"
         self.auth = ["-H", f"Authorization: Bearer {token}"]
 
-    def upload(self, files: list[str], streams: int, digest: bool = False) -> tuple[float, list[str]]:
-        """``digest``: each upload declares its SHA-256 (``Content-Digest``, RFC 9530)."""
-        def declared(f: str) -> list[str]:
-            if not digest:
-                return []
+    def upload_options(self, f: str, digest: bool = False) -> list[str]:
+        """curl's options to upload file ``f``; ``digest``: declaring its SHA-256
+        (``Content-Digest``, RFC 9530)."""
+        declared = []
+        if digest:
             sha = base64.b64encode(hashlib.sha256(Path(f).read_bytes()).digest()).decode()
-            return ["-H", f"Content-Digest: sha-256=:{sha}:"]
+            declared = ["-H", f"Content-Digest: sha-256=:{sha}:"]
+        return self.auth + declared + ["-H", "Content-Type: application/octet-stream", "--data-binary", f"@{f}",
+                                       "-o", f"{f}.json", self.url]
 
-        took = curl([self.auth + declared(f) + ["-H", "Content-Type: application/octet-stream",
-                                                "--data-binary", f"@{f}", "-o", f"{f}.json", self.url]
-                     for f in files], streams)
+    def upload(self, files: list[str], streams: int, digest: bool = False) -> tuple[float, list[str]]:
+        took = curl([self.upload_options(f, digest) for f in files], streams)
         return took, [json.loads(Path(f"{f}.json").read_text())["id"] for f in files]
 
     def download(self, ids: list[str], into: list[str], streams: int) -> float:
@@ -241,6 +247,24 @@ def peak_upload_memory(dep, token: str, size: int) -> tuple[int, int]:
     return base, peak
 
 
+def client_paced_latency(api: Api, rate: str, count: int) -> tuple[float, float]:
+    """Median ms of a 1 MiB upload from a client sending at ``rate`` (curl's
+    ``--limit-rate``, bytes a second), plain and declaring its SHA-256: on an object
+    store a declared upload is sent on while it arrives, not once it is whole."""
+    tmp = Path(tempfile.mkdtemp(prefix="raymail-bench-att-"))
+    try:
+        out = {}
+        for digest in (False, True):
+            files = _random_files(tmp, f"{digest}-", MiB, count)
+            out[digest] = statistics.median(
+                1e3 * curl([["--limit-rate", rate] + api.upload_options(f, digest)], 1) for f in files)
+        return out[False], out[True]
+    finally:
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+
 def dedup(dep, cfg, users: list[dict], sends: int) -> dict:
     from raymail.store.blobs import BlobStore
 
@@ -272,6 +296,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--s3", action="store_true")
     ap.add_argument("--streams", type=int, default=4, help="transfers at once in the concurrent rounds")
+    ap.add_argument("--link-mbps", type=float, default=0,
+                    help="with --s3: reach the store through a link paced to this many Mbit/s each way, as "
+                         "across a network (both sides use it); only the 1 MiB rounds then run")
     args = ap.parse_args()
     sections = {"limits": {"max_attachment_bytes": 128 * MiB, "max_message_bytes": 128 * MiB}}
     server = None
@@ -279,8 +306,15 @@ def main() -> None:
         from s3server import MotoServer
 
         server = MotoServer()
-        sections["storage"] = {"url": server.bucket("bench"), "options": server.options}
-    progress(f"starting raymail ({'s3 via moto' if args.s3 else 'file://'})")
+        options = server.options
+        if args.link_mbps:
+            from netlink import PacedLink
+
+            link = PacedLink(server.endpoint, args.link_mbps)
+            options = {**options, "endpoint_url": link.endpoint}
+        sections["storage"] = {"url": server.bucket("bench"), "options": options}
+    where = "file://" if not args.s3 else "s3 via moto" + (f" over a {args.link_mbps:g} Mbit/s link" if args.link_mbps else "")
+    progress(f"starting raymail ({where})")
     dep, cfg, directory = start(**sections)
     users = make_users(directory, 51)
     token = users[0]["token"]
@@ -293,7 +327,7 @@ def main() -> None:
     base, peak = peak_upload_memory(dep, token, 100 * MiB)
     print(f"100 MiB upload: gateway RSS {base / 1024:.0f} MiB -> peak {peak / 1024:.0f} MiB "
           f"(+{(peak - base) / 1024:.1f} MiB)")
-    for size, count in ((MiB, 40), (50 * MiB, 4)):
+    for size, count in ((MiB, 40),) + (((50 * MiB, 4),) if not args.link_mbps else ()):
         for streams in (1, args.streams):
             how = "one at a time" if streams == 1 else f"{streams} at once"
             progress(f"throughput: {count} x {size // MiB} MiB, {how}")
@@ -309,6 +343,11 @@ def main() -> None:
                 print(f"{'':>30}ceilings on this machine: SHA-256 alone {t['sha']:.0f} MB/s "
                       f"({t['sha'] / t['fs_up']:.2f}x of the fsspec upload), one loopback TCP stream at its "
                       f"fastest {t['tcp']:.0f} MB/s ({t['tcp'] / t['fs_down']:.2f}x of the fsspec download)")
+    if args.s3:
+        progress("1 MiB uploads from a client sending at 20 MB/s")
+        plain, declared = client_paced_latency(api, "20M", 15)
+        print(f"1 MiB upload from a client at 20 MB/s: {plain:.1f} ms plain, {declared:.1f} ms declaring its "
+              f"Content-Digest ({plain / declared:.2f}x faster; the client alone needs {1e3 * MiB / 20e6:.0f} ms)")
     progress("dedup: one 2 MiB attachment sent 100 times")
     d = dedup(dep, cfg, users, 100)
     print(f"dedup: {d['sends']} sends of one 2 MiB attachment: {d['logical'] / MiB:.0f} MiB of mailbox copies "

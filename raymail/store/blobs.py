@@ -127,7 +127,8 @@ class _StreamedPut:
     one: a body that does not match never reaches the store complete, the PUT is
     cut off, and an object store keeps nothing of a PUT cut off (the checksum
     header would also have it refuse the body). ``feed``, ``finish`` and ``cancel``
-    may be called from any thread; the PUT runs on the storage client's loop."""
+    may be called from any thread; the PUT is sent by the running loop's client
+    (by the storage client on its own loop when there is no running loop)."""
 
     def __init__(self, store: BlobStore, path: str, size: int, digest: bytes) -> None:
         fs = store.loop_fs()  # the running loop's client, if any: no thread hop per piece
@@ -613,12 +614,13 @@ class BlobStore:
                 fh = open(self._path(key), "rb")  # noqa: SIM115 - closed by BlobReader.close
                 fh.seek(start)
             else:
-                fh = _ObjectStream(self.loop_fs(), self._path(key), start, stop)
+                fh = _ObjectStream(self.fs, self._path(key), start, stop)
             return BlobReader(key, fh)
 
     async def open_and_read(self, key: str, start: int, stop: int, n: int) -> tuple[bytes, BlobReader]:
         """``reader(key, start, stop)`` and its first ``read(n)``, for an event loop:
-        one worker-thread round trip for a local file, none for an object store."""
+        one worker-thread round trip for a local file; for an object store, none
+        (the GET is sent by the running loop's own client; read it with ``aread``)."""
         if self.local:
             def both() -> tuple[bytes, BlobReader]:
                 fh = self.reader(key, start, stop)
@@ -629,11 +631,11 @@ class BlobStore:
                     raise
 
             return await asyncio.to_thread(both)
-        fh = self.reader(key, start, stop)
+        fh = BlobReader(key, _ObjectStream(self.loop_fs(), self._path(key), start, stop))
         try:
             return await fh.aread(n), fh
         except BaseException:
-            await asyncio.to_thread(fh.close)  # a body cut part-way is closed on its own loop
+            fh.close()  # a body cut part-way is closed on its client's loop: this one
             raise
 
     def delete(self, key: str) -> None:
