@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -24,6 +25,11 @@ from raymail.subscriptions import Subscriptions
 log = logging.getLogger(__name__)
 
 _GATEWAY_LOOKUP_EVERY_S = 1.0
+# Rows for the storage catalog are gathered this long and sent as one call per table:
+# a call per upload cost the shard and the catalog more CPU than the rows themselves.
+# The catalog writes them out every few seconds anyway.
+CATALOG_BATCH_S = 0.25
+CATALOG_BATCH_ROWS = 2000  # sent at once past this many
 CATALOG_NAME = "catalog"
 
 
@@ -58,6 +64,9 @@ class MailboxShard:
         self._gateways_checked_s = 0.0
         self._catalog: Any | None = None
         self._catalog_checked_s = 0.0
+        self._catalog_rows: dict[str, list[dict]] = {}
+        self._catalog_count = 0
+        self._catalog_timer: asyncio.TimerHandle | None = None
         self._snapshotting = False
         started = time.perf_counter()
         self.log = DurableLog(config.data_path / "mailboxes" / f"shard-{index:03d}")
@@ -267,18 +276,33 @@ class MailboxShard:
 
     # -- pushes ------------------------------------------------------------
     def _to_catalog(self, rows: dict[str, list[dict]]) -> None:
-        """Tell the storage catalog about uploads and attachment references, after commit."""
-        if not any(rows.values()):
+        """Tell the storage catalog about uploads and attachment references, after
+        commit: gathered for CATALOG_BATCH_S, then one call per table."""
+        for table, table_rows in rows.items():
+            if table_rows:
+                self._catalog_rows.setdefault(table, []).extend(table_rows)
+                self._catalog_count += len(table_rows)
+        if not self._catalog_count:
             return
+        if self._catalog_count >= CATALOG_BATCH_ROWS:
+            self._send_to_catalog()
+        elif self._catalog_timer is None:
+            self._catalog_timer = asyncio.get_running_loop().call_later(CATALOG_BATCH_S, self._send_to_catalog)
+
+    def _send_to_catalog(self) -> list:
+        """Send the gathered rows; returns the calls' refs."""
+        if self._catalog_timer is not None:
+            self._catalog_timer.cancel()
+            self._catalog_timer = None
+        rows, self._catalog_rows, self._catalog_count = self._catalog_rows, {}, 0
         catalog = self._catalog_handle()
-        if catalog is None:
-            return
+        if catalog is None or not rows:
+            return []
         try:
-            for table, table_rows in rows.items():
-                if table_rows:
-                    catalog.add.remote(table, table_rows)
+            return [catalog.add.remote(table, table_rows) for table, table_rows in rows.items()]
         except Exception:  # noqa: BLE001 - the catalog is derived data; mail goes on
             log.warning("catalog update failed", exc_info=True)
+            return []
 
     def _catalog_handle(self) -> Any | None:
         if self._catalog is None and time.monotonic() - self._catalog_checked_s > _GATEWAY_LOOKUP_EVERY_S:
@@ -448,5 +472,10 @@ class MailboxShard:
         }
 
     async def flush(self) -> bool:
+        """The log durable and the catalog's rows delivered (before it closes)."""
         await self.log.wait_durable()
+        sent = self._send_to_catalog()
+        if sent:
+            with contextlib.suppress(Exception):  # derived data: stopping goes on
+                await asyncio.wait_for(asyncio.gather(*sent), 10)
         return True
