@@ -345,6 +345,7 @@ class CatalogWriter:
         self._parts_written: dict[str, int] = dict.fromkeys(SCHEMAS, 0)
         self._dropped_rows: dict[str, int] = dict.fromkeys(SCHEMAS, 0)
         self._flush_errors = 0
+        self._adds = 0  # calls that brought rows
         self._last_error: str | None = None
         self._task: asyncio.Task | None = None
         self._flushes: set[asyncio.Task] = set()
@@ -357,6 +358,7 @@ class CatalogWriter:
         chunk = to_arrow(table, rows)
         if chunk.num_rows == 0:
             return
+        self._adds += 1
         self._chunks[table].append(chunk)
         self._buffered[table] += chunk.num_rows
         self._trim(table)
@@ -428,6 +430,7 @@ class CatalogWriter:
                 "parts_written": dict(self._parts_written),
                 "dropped_rows": dict(self._dropped_rows),
                 "flush_errors": self._flush_errors,
+                "adds": self._adds,
                 "last_error": self._last_error,
                 "background": self._task is not None and not self._task.done(),
             }

@@ -346,6 +346,25 @@ def _mime_with_attachment(data: bytes) -> bytes:
     return msg.as_bytes()
 
 
+async def test_the_catalog_gets_uploads_in_batches(storage_app):
+    app = storage_app
+    alice = app.user()
+    catalog = app.deployment.catalog
+    before = await catalog.stats.remote()
+    n = 30
+    for _ in range(n):  # one after another: each its own batch of ops at the shard
+        assert (await upload(app, alice["token"], os.urandom(2000), ctype="application/zip")).status_code == 201
+    for _ in range(100):  # the rows reach the catalog within a quarter of a second, then a flush writes them
+        await catalog.flush.remote()
+        after = await catalog.stats.remote()
+        if after["rows_written"]["blobs"] - before["rows_written"]["blobs"] >= n:
+            break
+        await asyncio.sleep(0.1)
+    assert after["rows_written"]["blobs"] - before["rows_written"]["blobs"] >= n, after
+    # One shard holds alice: her uploads' rows came in a call every quarter second, not one call each.
+    assert after["adds"] - before["adds"] <= n // 3, (before["adds"], after["adds"])
+
+
 async def test_import_extracts_attachments_and_keeps_the_bytes(storage_app):
     app = storage_app
     alice = app.user()
