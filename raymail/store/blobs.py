@@ -120,8 +120,9 @@ class _Body:
 
 
 class _StreamedPut:
-    """One PUT of a small upload to an object store, sent while the upload arrives,
-    under the key of the SHA-256 its client declared.
+    """One PUT of a small upload to an object store, sent from its pieces as they
+    are: while the upload arrives, under the key of the SHA-256 its client declared,
+    or at the commit (no copy of the pieces into one buffer, and none by the client).
 
     The last piece is held back until the upload's own hash matches the declared
     one: a body that does not match never reaches the store complete, the PUT is
@@ -333,16 +334,21 @@ class Upload:
 
     async def commit_async(self) -> tuple[str, str, int]:
         """``commit`` for an event loop: a small upload to an object store is sent
-        on the storage client's own loop, with no worker thread between; anything
-        else commits in a worker thread."""
+        by the running loop's client, with no worker thread between, its pieces as
+        they are (no copy into one buffer); anything else commits in a worker thread."""
         if self._small is None or self.store.local or self._aborted or self._done is not None:
             return await asyncio.to_thread(self.commit)
         if not self.digest_matches():
             self.abort()
             raise StorageError("the upload does not match the SHA-256 its client declared")
         key, sha = self.key_and_sha()
-        data, self._small = b"".join(self._small), []
+        path = self.store._path(key)
+        pieces, self._small = self._small, []
         stream, self._stream = self._stream, None
+        if stream is None and self.size:  # nothing sent yet: the pieces go now, under the key just known
+            stream = _StreamedPut(self.store, path, self.size, self.sha.digest())
+            for piece in pieces:
+                stream.feed(piece)
         sent = False
         try:
             if stream is not None and self.size == stream.size:
@@ -351,12 +357,12 @@ class Upload:
                     await asyncio.wrap_future(stream.future)
                     sent = True
                 except Exception as exc:  # noqa: BLE001 - sent again below, whole
-                    log.info("a PUT sent while its upload arrived failed (%s); sending it again, whole", exc)
+                    log.info("a PUT of pieces failed (%s); sending the upload again, whole", exc)
             elif stream is not None:
                 stream.cancel("the upload is smaller than its client declared")
-            if not sent:
+            if not sent:  # the storage client's own retries can rewind this one
                 fs = self.store.loop_fs()
-                await _on_loop(fs, self.store._put_objects_async([(self.store._path(key), data, self.sha.digest())], fs))
+                await _on_loop(fs, self.store._put_objects_async([(path, b"".join(pieces), self.sha.digest())], fs))
         except Exception as exc:  # noqa: BLE001
             self.abort()
             raise StorageError(f"storage failed while finishing the upload: {exc}") from exc
