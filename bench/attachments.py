@@ -12,7 +12,7 @@ Usage: python bench/attachments.py [--s3 [--link-mbps M]] [--streams N]
   and declaring its digest (a declared upload is sent on to the store as it arrives);
 - stored bytes vs logical bytes when one attachment goes to many recipients.
 With --s3 the storage is a real S3-compatible server (moto) on loopback; with
---link-mbps too, reached through a relay paced to that bandwidth (bench/netlink.py),
+--link-mbps too, reached through a relay paced to that bandwidth (tests/relay.py),
 as a store across a network would be.
 """
 
@@ -316,7 +316,7 @@ def main() -> None:
         server = MotoServer()
         options = server.options
         if args.link_mbps:
-            from netlink import PacedLink
+            from relay import PacedLink
 
             link = PacedLink(server.endpoint, args.link_mbps)
             options = {**options, "endpoint_url": link.endpoint}

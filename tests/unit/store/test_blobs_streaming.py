@@ -6,7 +6,6 @@ a local ``moto_server`` (started once for the module).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import os
@@ -23,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from relay import Relay
 
 from raymail.errors import StorageError
 from raymail.store.blobs import (
@@ -586,50 +586,26 @@ def test_reader_of_a_missing_blob_raises_blob_missing_by_the_first_read(store: B
         read_all(store.reader(MISSING))
 
 
-class _CutOnce:
-    """A TCP proxy to the S3 server that breaks the first connection to carry more
-    than ``after`` bytes, mid-body; every other connection passes whole."""
+class _CutOnce(Relay):
+    """A relay to the S3 server that breaks the first connection to carry more than
+    ``after`` bytes, mid-body; every other connection passes whole."""
 
     def __init__(self, upstream: str, after: int) -> None:
-        host, port = upstream.removeprefix("http://").split(":")
-        self.upstream = (host, int(port))
         self.after = after
         self.cut = 0
-        self.srv = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.srv.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, upload: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         sent = 0
-        try:
-            while data := src.recv(65536):
-                sent += len(data)
-                if upload and sent > self.after and not self.cut:
-                    self.cut += 1
-                    for s in (src, dst):  # a reset, as when a network path dies
-                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                        s.close()
-                    return
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.srv.close()
+        while data := src.recv(65536):
+            sent += len(data)
+            if upstream and sent > self.after and not self.cut:
+                self.cut += 1
+                for s in (src, dst):  # a reset, as when a network path dies
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    s.close()
+                return
+            dst.sendall(data)
 
 
 def test_a_streamed_put_cut_mid_body_is_sent_again_whole(s3_options, moto, tmp_path):
@@ -653,7 +629,6 @@ def test_a_streamed_put_cut_mid_body_is_sent_again_whole(s3_options, moto, tmp_p
 def test_an_abort_from_another_thread_during_a_write_leaves_no_file(tmp_path: Path):
     # The gateway gives up on a request while a worker thread is writing: the abort
     # runs in another thread. Whatever the interleaving, nothing may stay behind.
-    import threading
 
     store = BlobStore((tmp_path / "blobs").as_uri())
     data = b"x" * (LOCAL_MEMORY_BYTES + 1)  # this write makes the upload's file
