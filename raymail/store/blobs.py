@@ -212,8 +212,9 @@ class Upload:
         arrives, under that digest's key, instead of once it is whole."""
         self._expected = digest
         if (not self.store.local and self.size == 0 and size is not None and 0 < size <= self._memory_limit
-                and self._stream is None):
+                and self._stream is None and self.store._take_stream_slot()):
             self._stream = _StreamedPut(self.store, self.store._path(blob_key(self.kind, digest.hex())), size, digest)
+            self._stream.future.add_done_callback(lambda _: self.store._give_stream_slot())
 
     def digest_matches(self) -> bool:
         """False when the client declared a SHA-256 other than the bytes'."""
@@ -395,6 +396,10 @@ class BlobStore:
     # is sent (s3fs's own limit for one PUT, without reading the file into memory); a
     # larger one as a multipart upload with parts in parallel.
     single_put_max_bytes = S3FS_SINGLE_PUT_BYTES
+    # PUTs sent while their uploads arrive hold a connection to the store for as long
+    # as their clients take: at most this many at once, so that slow clients never
+    # take all of the client's connections (past it, uploads are sent once whole).
+    max_streamed_puts = 4
 
     def __init__(self, url: str, options: dict | None = None, spool_dir: str | os.PathLike | None = None) -> None:
         """``spool_dir``: where large uploads to an object store wait for their hash
@@ -415,6 +420,8 @@ class BlobStore:
             raise StorageError(f"[storage] cannot open {url!r}: {exc}") from exc
         self._options = options
         self._loop_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._streams_lock = threading.Lock()
+        self._streams = 0  # PUTs sent while their uploads arrive, now
         self.root = root.rstrip("/")
         if hasattr(self.fs, "retries"):
             self.fs.retries = 3  # s3fs's own retry loop, on top of botocore's
@@ -444,6 +451,17 @@ class BlobStore:
             fs.bound_loop = loop
             self._loop_clients[loop] = fs
         return fs
+
+    def _take_stream_slot(self) -> bool:
+        with self._streams_lock:
+            if self._streams >= self.max_streamed_puts:
+                return False
+            self._streams += 1
+            return True
+
+    def _give_stream_slot(self) -> None:
+        with self._streams_lock:
+            self._streams -= 1
 
     async def aclose(self) -> None:
         """Close the running event loop's client, if it has one (its connections

@@ -829,3 +829,28 @@ def test_a_local_store_has_no_second_client(tmp_path: Path):
         return store.loop_fs()
 
     assert asyncio.run(go()) is store.fs
+
+
+def test_slow_declared_uploads_take_only_so_many_connections(s3_options, tmp_path):
+    store = BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", s3_options, spool_dir=tmp_path / "spool")
+    store.max_streamed_puts = 1
+    datas = [data_of(200_000, i) for i in range(3)]
+
+    def declared(data: bytes) -> Upload:
+        up = store.upload("att")
+        up.expect(hashlib.sha256(data).digest(), len(data))
+        up.write(data[:100_000])
+        return up
+
+    slow = declared(datas[0])  # its client is slow: it holds its PUT open
+    assert slow._stream is not None
+    other = declared(datas[1])
+    assert other._stream is None  # no second PUT held open: sent once whole instead
+    other.write(datas[1][100_000:])
+    assert store.get(_commit(other)[0]) == datas[1]
+    slow.write(datas[0][100_000:])
+    assert store.get(_commit(slow)[0]) == datas[0]
+    third = declared(datas[2])  # the slot is free again
+    assert third._stream is not None
+    third.abort()
+    _wait_for(lambda: store._streams == 0, "the aborted PUT to give its slot back")
