@@ -209,7 +209,8 @@ class Upload:
         """The client declared the blob's SHA-256 (and its ``size``, when known)
         before sending it: the commit refuses other bytes (``digest_matches``).
         A small upload of known size to an object store is then sent while it
-        arrives, under that digest's key, instead of once it is whole."""
+        arrives, under that digest's key, instead of once it is whole (while
+        fewer than ``max_streamed_puts`` are)."""
         self._expected = digest
         if (not self.store.local and self.size == 0 and size is not None and 0 < size <= self._memory_limit
                 and self._stream is None and self.store._take_stream_slot()):
