@@ -300,30 +300,8 @@ def dedup(dep, cfg, users: list[dict], sends: int) -> dict:
     return {"sends": sends, "logical": logical, "stored": after - before}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--s3", action="store_true")
-    ap.add_argument("--streams", type=int, default=4, help="transfers at once in the concurrent rounds")
-    ap.add_argument("--link-mbps", type=float, default=0,
-                    help="with --s3: reach the store through a link paced to this many Mbit/s each way, as "
-                         "across a network (both sides use it); only the 1 MiB rounds then run")
-    args = ap.parse_args()
-    sections = {"limits": {"max_attachment_bytes": 128 * MiB, "max_message_bytes": 128 * MiB}}
-    server = None
-    if args.s3:
-        from s3server import MotoServer
-
-        server = MotoServer()
-        options = server.options
-        if args.link_mbps:
-            from relay import PacedLink
-
-            link = PacedLink(server.endpoint, args.link_mbps)
-            options = {**options, "endpoint_url": link.endpoint}
-        sections["storage"] = {"url": server.bucket("bench"), "options": options}
-    where = "file://" if not args.s3 else "s3 via moto" + (f" over a {args.link_mbps:g} Mbit/s link" if args.link_mbps else "")
-    progress(f"starting raymail ({where})")
-    dep, cfg, directory = start(**sections)
+def measure(args, dep, cfg, directory) -> None:
+    """Every figure, printed as it comes, against a running deployment."""
     users = make_users(directory, 51)
     token = users[0]["token"]
     from raymail.store.blobs import BlobStore
@@ -360,9 +338,40 @@ def main() -> None:
     d = dedup(dep, cfg, users, 100)
     print(f"dedup: {d['sends']} sends of one 2 MiB attachment: {d['logical'] / MiB:.0f} MiB of mailbox copies "
           f"stored in {d['stored'] / MiB:.1f} MiB ({d['logical'] / max(d['stored'], 1):.0f}x)")
-    dep.stop()
-    if server:
-        server.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--s3", action="store_true")
+    ap.add_argument("--streams", type=int, default=4, help="transfers at once in the concurrent rounds")
+    ap.add_argument("--link-mbps", type=float, default=0,
+                    help="with --s3: reach the store through a link paced to this many Mbit/s each way, as "
+                         "across a network (both sides use it); only the 1 MiB rounds then run")
+    args = ap.parse_args()
+    sections = {"limits": {"max_attachment_bytes": 128 * MiB, "max_message_bytes": 128 * MiB}}
+    server = None
+    try:
+        if args.s3:
+            from s3server import MotoServer
+
+            server = MotoServer()
+            options = server.options
+            if args.link_mbps:
+                from relay import PacedLink
+
+                link = PacedLink(server.endpoint, args.link_mbps)
+                options = {**options, "endpoint_url": link.endpoint}
+            sections["storage"] = {"url": server.bucket("bench"), "options": options}
+        where = "file://" if not args.s3 else "s3 via moto" + (f" over a {args.link_mbps:g} Mbit/s link" if args.link_mbps else "")
+        progress(f"starting raymail ({where})")
+        dep, cfg, directory = start(**sections)
+        try:
+            measure(args, dep, cfg, directory)
+        finally:
+            dep.stop()
+    finally:
+        if server:
+            server.stop()
 
 
 if __name__ == "__main__":
