@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 import uuid
-import weakref
 from pathlib import Path
 
 import fsspec
@@ -173,7 +172,6 @@ class _StreamedPut:
         """Cut the PUT off; nothing is stored."""
         self._held = None
         self._send(StorageError(why))
-        self.future.add_done_callback(lambda f: f.exception())  # its failure is expected: not logged as lost
 
 
 class Upload:
@@ -420,7 +418,7 @@ class BlobStore:
         except (ImportError, ValueError) as exc:
             raise StorageError(f"[storage] cannot open {url!r}: {exc}") from exc
         self._options = options
-        self._loop_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._loop_clients: dict[asyncio.AbstractEventLoop, object] = {}  # until aclose (a client holds its loop)
         self._streams_lock = threading.Lock()
         self._streams = 0  # PUTs sent while their uploads arrive, now
         self.root = root.rstrip("/")
@@ -440,8 +438,9 @@ class BlobStore:
     def loop_fs(self):
         """The object store's client for the running event loop, made the first time
         it is asked for there: the storage client's own loop runs in its own thread,
-        and awaiting it from another loop costs two thread hops a call. Outside an
-        event loop, and for a local store, the storage client itself."""
+        and awaiting it from another loop costs two thread hops a call. It is kept
+        until ``aclose``. Outside an event loop, and for a local store, the storage
+        client itself."""
         loop = _running_loop()
         if loop is None or self.local or loop is self.fs.loop:
             return self.fs
