@@ -6,7 +6,9 @@ Usage: python bench/attachments.py [--s3 [--link-mbps M]] [--streams N]
   transfer at a time, then N at once (default 4) on both sides. The API's client is
   curl (transfers in one process over kept-alive connections, timed by curl itself);
   the fsspec copy is ``put_file``/``get_file`` between a local file and the storage;
-  uploads run twice, plain and declaring their SHA-256 (``Content-Digest``);
+  uploads run twice, plain and declaring their SHA-256 (``Content-Digest``). The
+  ways take turns, in batches (see ``throughput``): each ratio is also given per
+  batch, to show how much this machine's speed wandered meanwhile;
 - peak gateway memory over its baseline while a 100 MiB upload streams in;
 - with --s3, the latency of a 1 MiB upload from a client sending at 20 MB/s, plain
   and declaring its digest (a declared upload is sent on to the store as it arrives);
@@ -85,15 +87,18 @@ class Api:
         return curl([self.auth + ["-o", dst, f"{self.url}/{aid}"] for aid, dst in zip(ids, into)], streams)
 
 
-def fsspec_copy(store, files: list[str], streams: int) -> tuple[float, float]:
-    """Seconds for a plain fsspec upload (``put_file`` from the local file) and
-    download (``get_file`` to a local file) of each file: summed one at a time, or
-    the wall time with ``streams`` threads at once."""
-    store.fs.makedirs(f"{store.root}/bench", exist_ok=True)
-    dsts = [f"{store.root}/bench/{os.urandom(8).hex()}" for _ in files]
+class FsspecCopy:
+    """A plain fsspec copy to and from the same storage: ``put_file`` from a local
+    file, ``get_file`` back to one. Times are summed one transfer at a time, or the
+    wall time with ``streams`` threads at once, as curl's are."""
 
-    def timed(fn, pairs) -> float:
-        if streams == 1:
+    def __init__(self, store, streams: int) -> None:
+        self.store, self.streams = store, streams
+        store.fs.makedirs(f"{store.root}/bench", exist_ok=True)
+        self.copies: list[tuple[str, str]] = []  # (stored path, local file it came from)
+
+    def _timed(self, fn, pairs) -> float:
+        if self.streams == 1:
             total = 0.0
             for a, b in pairs:
                 t0 = time.perf_counter()
@@ -101,16 +106,24 @@ def fsspec_copy(store, files: list[str], streams: int) -> tuple[float, float]:
                 total += time.perf_counter() - t0
             return total
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(streams) as pool:
+        with ThreadPoolExecutor(self.streams) as pool:
             list(pool.map(lambda ab: fn(*ab), pairs))
         return time.perf_counter() - t0
 
-    up = timed(store.fs.put_file, list(zip(files, dsts)))
-    down = timed(store.fs.get_file, [(d, f"{f}.fs") for d, f in zip(dsts, files)])
-    for d, f in zip(dsts, files):
-        store.fs.rm_file(d)
-        os.unlink(f"{f}.fs")
-    return up, down
+    def upload(self, files: list[str]) -> float:
+        dsts = [f"{self.store.root}/bench/{os.urandom(8).hex()}" for _ in files]
+        self.copies += zip(dsts, files)
+        return self._timed(self.store.fs.put_file, list(zip(files, dsts)))
+
+    def download(self, files: list[str]) -> float:
+        """Seconds to download the copies of ``files`` (uploaded before) to ``<file>.fs``."""
+        stored = {f: d for d, f in self.copies}
+        return self._timed(self.store.fs.get_file, [(stored[f], f"{f}.fs") for f in files])
+
+    def remove(self) -> None:
+        for d, _ in self.copies:
+            self.store.fs.rm_file(d)
+        self.copies = []
 
 
 def durable_floor(store, path: str) -> float:
@@ -183,44 +196,83 @@ def _random_files(tmp: Path, prefix: str, size: int, count: int) -> list[str]:
     return files
 
 
-def throughput(api: Api, store, size: int, count: int, streams: int, ceilings: bool) -> dict:
-    """MB/s of each way of moving ``count`` fresh files of ``size`` bytes, after a
-    warm-up of both (new bytes each time: nothing is deduplicated)."""
+def throughput(api: Api, store, size: int, count: int, streams: int, rounds: int, ceilings: bool) -> dict:
+    """MB/s of each way of moving ``count`` fresh files of ``size`` bytes (new bytes
+    each time: nothing is deduplicated), after a warm-up of all of them.
+
+    The machine's speed drifts (other work, the disk catching up, the store
+    growing), so the ways are not timed one after another: the files go in
+    ``rounds`` batches, and in each the uploads (API plain, API declaring its digest,
+    fsspec) then the downloads (API, fsspec) run back to back, in an order turned
+    round every batch. Besides the totals, ``ratios`` has each batch's API/fsspec
+    ratio of the same work, which shows how much the figures wander."""
     tmp = Path(tempfile.mkdtemp(prefix="raymail-bench-att-"))
+    copy = FsspecCopy(store, streams)
     try:
         warm = _random_files(tmp, "warm", MiB, WARMUP)
         _, ids = api.upload(warm, streams)
         api.download(ids, [f"{f}.api" for f in warm], streams)
-        fsspec_copy(store, warm, streams)
-        files = _random_files(tmp, "f", size, count)
-        # Plain and declared uploads in ABBA order, so that drift (the disk catching
-        # up, the store growing) weighs on both alike.
-        declared = _random_files(tmp, "d", size, count)
-        half = count // 2
-        api_up, ids = api.upload(files[:half], streams)
-        api_up_digest, _ = api.upload(declared[:half], streams, digest=True)
-        took, _ = api.upload(declared[half:], streams, digest=True)
-        api_up_digest += took
-        took, more = api.upload(files[half:], streams)
-        api_up += took
-        ids += more
-        api_down = api.download(ids, [f"{f}.api" for f in files], streams)
-        for f in files:
-            if Path(f"{f}.api").read_bytes() != Path(f).read_bytes():
-                raise RuntimeError("a download differs from its upload")
-        fs_up, fs_down = fsspec_copy(store, files, streams)
-        out = {"api_up": api_up, "api_up_digest": api_up_digest, "api_down": api_down, "fs_up": fs_up,
-               "fs_down": fs_down}
+        copy.upload(warm)
+        copy.download(warm)
+        secs = dict.fromkeys(("api_up", "api_up_digest", "fs_up", "api_down", "fs_down"), 0.0)
         if ceilings:
-            out["floor"] = sum(durable_floor(store, f) for f in files)
-            out["tcp"] = sum(loopback_tcp(f) for f in files)
-            out["sha"] = sum(sha256_only(f) for f in files)
-        mb = size * count / MiB
-        return {k: mb / v for k, v in out.items()}
+            secs |= dict.fromkeys(("floor", "tcp", "sha"), 0.0)
+        ratios: dict[str, list[float]] = {"up": [], "up_digest": [], "down": []}
+        per = count // rounds
+        for r in range(rounds):
+            plain = _random_files(tmp, f"p{r}-", size, per)
+            declared = _random_files(tmp, f"d{r}-", size, per)
+            copied = _random_files(tmp, f"c{r}-", size, per)
+            took = _batch(api, copy, streams, plain, declared, copied, forward=r % 2 == 0)
+            for f, got in [(f, f"{f}.api") for f in plain] + [(f, f"{f}.fs") for f in copied]:
+                if Path(got).read_bytes() != Path(f).read_bytes():
+                    raise RuntimeError("a download differs from its upload")
+            if ceilings:
+                took["floor"] = sum(durable_floor(store, f) for f in plain)
+                took["tcp"] = sum(loopback_tcp(f) for f in plain)
+                took["sha"] = sum(sha256_only(f) for f in plain)
+            for k, v in took.items():
+                secs[k] += v
+            ratios["up"].append(took["fs_up"] / took["api_up"])
+            ratios["up_digest"].append(took["fs_up"] / took["api_up_digest"])
+            ratios["down"].append(took["fs_down"] / took["api_down"])
+            for f in tmp.iterdir():  # this batch's files: 50 MiB ones add up
+                f.unlink()
+        mb = size * per * rounds / MiB
+        out: dict = {k: mb / v for k, v in secs.items()}
+        out["ratios"] = ratios
+        return out
     finally:
+        copy.remove()
         for f in tmp.iterdir():
             f.unlink()
         tmp.rmdir()
+
+
+def _batch(api: Api, copy: FsspecCopy, streams: int, plain: list[str], declared: list[str], copied: list[str],
+           forward: bool) -> dict[str, float]:
+    """Seconds of one batch of each way: the uploads, then the downloads, each group
+    in the order given or reversed."""
+    api_ids: list[str] = []
+
+    def api_up() -> float:
+        took, ids = api.upload(plain, streams)
+        api_ids.extend(ids)
+        return took
+
+    ups = [("api_up", api_up), ("api_up_digest", lambda: api.upload(declared, streams, digest=True)[0]),
+           ("fs_up", lambda: copy.upload(copied))]
+    downs = [("api_down", lambda: api.download(api_ids, [f"{f}.api" for f in plain], streams)),
+             ("fs_down", lambda: copy.download(copied))]
+    took = {}
+    for steps in (ups, downs):
+        for name, step in steps if forward else reversed(steps):
+            took[name] = step()
+    return took
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else f"{ratios[0]:.2f}x"
 
 
 def peak_upload_memory(dep, token: str, size: int) -> tuple[int, int]:
@@ -313,16 +365,19 @@ def measure(args, dep, cfg, directory) -> None:
     base, peak = peak_upload_memory(dep, token, 100 * MiB)
     print(f"100 MiB upload: gateway RSS {base / 1024:.0f} MiB -> peak {peak / 1024:.0f} MiB "
           f"(+{(peak - base) / 1024:.1f} MiB)")
-    for size, count in ((MiB, 40),) + (((50 * MiB, 4),) if not args.link_mbps else ()):
+    # (size, files per way, batches): 4 at once needs at least 4 files per batch
+    for size, count, rounds in ((MiB, 40, 4),) + (((50 * MiB, 8, 2),) if not args.link_mbps else ()):
         for streams in (1, args.streams):
             how = "one at a time" if streams == 1 else f"{streams} at once"
-            progress(f"throughput: {count} x {size // MiB} MiB, {how}")
-            t = throughput(api, store, size, count, streams, ceilings=store.local and streams == 1)
+            progress(f"throughput: {count} x {size // MiB} MiB each way, {how}, in {rounds} interleaved batches")
+            t = throughput(api, store, size, count, streams, rounds, ceilings=store.local and streams == 1)
+            q = t["ratios"]
             print(f"{size // MiB:>3} MiB files, {how:>13}: upload {t['api_up']:.0f} MB/s via API vs {t['fs_up']:.0f} "
-                  f"MB/s plain fsspec ({t['api_up'] / t['fs_up']:.2f}x); download {t['api_down']:.0f} vs "
-                  f"{t['fs_down']:.0f} MB/s ({t['api_down'] / t['fs_down']:.2f}x)", flush=True)
+                  f"MB/s plain fsspec ({t['api_up'] / t['fs_up']:.2f}x, batches {_spread(q['up'])}); download "
+                  f"{t['api_down']:.0f} vs {t['fs_down']:.0f} MB/s ({t['api_down'] / t['fs_down']:.2f}x, batches "
+                  f"{_spread(q['down'])})", flush=True)
             print(f"{'':>30}upload declaring its Content-Digest {t['api_up_digest']:.0f} MB/s "
-                  f"({t['api_up_digest'] / t['fs_up']:.2f}x)", flush=True)
+                  f"({t['api_up_digest'] / t['fs_up']:.2f}x, batches {_spread(q['up_digest'])})", flush=True)
             if "floor" in t:
                 print(f"{'':>30}upload floor (sha256 + write + fsync) {t['floor']:.0f} MB/s, the API reaches "
                       f"{t['api_up'] / t['floor']:.2f}x of it")
