@@ -198,6 +198,7 @@ class Gateway:
             "published": hub.published_total,
             "gaps_filled": hub.gaps_filled,
             "router": self.svc.router.stats(),
+            "streamed_puts": dict(self.svc.blobs.stream_counts),
         }
 
     async def stop(self) -> None:

@@ -8,7 +8,10 @@ Safety rules, in order:
   ``now - grace_s``, checked once when listed and again just before deleting.
   The grace period covers what the reference set cannot see: a blob written
   and not yet recorded by its mailbox (an upload or a send in flight) and
-  writer temporaries (``tmp/`` and local ``.<name>.tmp`` files).
+  writer temporaries (``tmp/`` and local ``.<name>.tmp`` files);
+- on an object store, a multipart upload left unfinished (by a process stopped
+  mid-upload) is aborted once it has been idle (no part, or no beginning) for
+  longer than the grace period: its parts take space and never become an object.
 
 ``referenced`` must be gathered *before* ``collect`` lists storage, so anything
 written after the gathering is younger than the listing and kept by the grace
@@ -52,7 +55,7 @@ def collect(
     cutoff_s = now - grace_s
     out = {name: 0 for name in (
         "scanned", "scanned_bytes", "kept", "kept_bytes", "skipped_young", "skipped_young_bytes",
-        "deleted", "deleted_bytes", "errors",
+        "deleted", "deleted_bytes", "errors", "unfinished_uploads", "aborted_uploads",
     )}
     candidates: list[tuple[str, int]] = []
     for prefix in PREFIXES:
@@ -91,12 +94,35 @@ def collect(
         out["deleted_bytes"] += size
         if i % PROGRESS_EVERY == 0:
             progress(f"gc: {'would delete' if dry_run else 'deleted'} {i} of {len(candidates)} objects")
+    _abort_unfinished_uploads(store, cutoff_s, dry_run, out)
     progress(
         f"gc: scanned {out['scanned']}, kept {out['kept']}, too young {out['skipped_young']}, "
         f"{'would delete' if dry_run else 'deleted'} {out['deleted']} ({out['deleted_bytes']} bytes), "
-        f"errors {out['errors']}"
+        f"{'would abort' if dry_run else 'aborted'} {out['aborted_uploads']} of {out['unfinished_uploads']} "
+        f"unfinished multipart uploads, errors {out['errors']}"
     )
     return {**out, "dry_run": dry_run, "grace_s": grace_s, "cutoff_s": cutoff_s}
+
+
+def _abort_unfinished_uploads(store: BlobStore, cutoff_s: float, dry_run: bool, out: dict) -> None:
+    try:
+        unfinished = store.unfinished_uploads()
+    except StorageError as exc:
+        out["errors"] += 1
+        log.warning("gc: %s", exc)
+        return
+    out["unfinished_uploads"] = len(unfinished)
+    for key, upload_id, active_s in unfinished:
+        if active_s > cutoff_s or not key.startswith(PREFIXES):
+            continue
+        if not dry_run:
+            try:
+                store.abort_upload(key, upload_id)
+            except StorageError as exc:
+                out["errors"] += 1
+                log.warning("gc: %s", exc)
+                continue
+        out["aborted_uploads"] += 1
 
 
 def _modified_since(store: BlobStore, key: str, cutoff_s: float) -> bool:

@@ -66,6 +66,9 @@ UNIQUE_KINDS = frozenset({"msg"})
 UPLOAD_PART_BYTES = 8 * 1024 * 1024  # kept in memory up to this; a multipart upload's part size
 LOCAL_MEMORY_BYTES = 1024 * 1024  # a local upload up to this is written once, at commit
 UPLOAD_CONCURRENCY = 3  # multipart parts in flight at once per upload: 24 MiB of buffers at most
+# Bytes given to a PUT sent while its upload arrives and not yet sent, at most: past
+# this, a write from a worker thread waits for the store.
+STREAM_QUEUE_BYTES = 8 * 1024 * 1024
 # s3fs sends data under 100 MiB as one PUT and larger data as a multipart upload.
 S3FS_SINGLE_PUT_BYTES = 100 * 1024 * 1024
 
@@ -105,17 +108,18 @@ class _Body:
     client, file-like enough for the S3 client (which never reads it), and not
     seekable, so the client cannot retry it."""
 
-    def __init__(self, queue: asyncio.Queue) -> None:
-        self._queue = queue
+    def __init__(self, stream: _StreamedPut) -> None:
+        self._stream = stream
 
     def read(self, n: int = -1) -> bytes:
         raise StorageError("a streamed body is sent as it arrives, not read")
 
     async def __aiter__(self):
-        while (item := await self._queue.get()) is not None:
+        while (item := await self._stream._queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
+            self._stream._sent(len(item))  # the HTTP client took it (its own buffer is bounded)
 
 
 class _StreamedPut:
@@ -126,40 +130,77 @@ class _StreamedPut:
     The last piece is held back until the upload's own hash matches the declared
     one: a body that does not match never reaches the store complete, the PUT is
     cut off, and an object store keeps nothing of a PUT cut off (the checksum
-    header would also have it refuse the body). ``feed``, ``finish`` and ``cancel``
-    may be called from any thread; the PUT is sent by the running loop's client
-    (by the storage client on its own loop when there is no running loop)."""
+    header would also have it refuse the body).
 
-    def __init__(self, store: BlobStore, path: str, size: int, digest: bytes) -> None:
+    With ``look_first`` (a large upload), the store is asked first whether it holds
+    the blob: then nothing is sent (``existing``). A ``feed`` from a worker thread
+    waits while ``STREAM_QUEUE_BYTES`` wait to be sent: memory stays bounded, and a
+    slow store slows the client down. ``feed``, ``finish`` and ``cancel`` may be
+    called from any thread; the PUT is sent by the running loop's client (by the
+    storage client on its own loop when there is no running loop)."""
+
+    def __init__(self, store: BlobStore, path: str, size: int, digest: bytes, look_first: bool = False) -> None:
         fs = store.loop_fs()  # the running loop's client, if any: no thread hop per piece
         self._loop = _loop_of(fs)
         self._queue: asyncio.Queue = asyncio.Queue()  # used on that loop only
         self._held: bytes | None = None
         self.size = size
-        self.future = asyncio.run_coroutine_threadsafe(self._put(fs, path, size, digest), self._loop)
+        self.existing = False  # found stored: nothing was sent
+        self._queued = 0  # bytes given to the queue and not yet sent
+        self._cv = threading.Condition()
+        self._stopped = False  # cancelled, or the PUT ended: nothing more is sent
+        self.future = asyncio.run_coroutine_threadsafe(self._put(fs, path, size, digest, look_first), self._loop)
+        self.future.add_done_callback(lambda _: self._stop())
 
-    async def _put(self, fs, path: str, size: int, digest: bytes) -> None:
+    async def _put(self, fs, path: str, size: int, digest: bytes, look_first: bool) -> None:
         bucket, key, _ = fs.split_path(path)
         try:
             await fs.set_session()
-            await fs.s3.put_object(Bucket=bucket, Key=key, Body=_Body(self._queue), ContentLength=size,
-                                   **_checked(digest))
+            if look_first:
+                try:
+                    await fs._call_s3("head_object", Bucket=bucket, Key=key)
+                    self.existing = True
+                except FileNotFoundError:
+                    pass
+            if self.existing:
+                async for _ in _Body(self):
+                    pass  # taken and dropped, up to the end or the cancel
+                return
+            await fs.s3.put_object(Bucket=bucket, Key=key, Body=_Body(self), ContentLength=size, **_checked(digest))
         except Exception as exc:  # noqa: BLE001 - mapped at the boundary
             raise StorageError(f"the PUT sent while its upload arrived failed: {exc}") from exc
 
     def _send(self, item) -> None:
+        if isinstance(item, bytes):
+            with self._cv:
+                self._queued += len(item)
         if _running_loop() is self._loop:
             self._queue.put_nowait(item)
         else:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
+    def _sent(self, n: int) -> None:
+        with self._cv:
+            self._queued -= n
+            self._cv.notify_all()
+
+    def _stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+
     def feed(self, data: bytes) -> None:
-        """The next bytes; the latest are held back until ``finish``."""
-        if not data:
+        """The next bytes; the latest are held back until ``finish``. Outside an
+        event loop, waits while too many are still to be sent."""
+        if not data or self._stopped:
             return  # an empty piece (the end of a request's body) must not release the held one
         if self._held is not None:
             self._send(self._held)
         self._held = data
+        if _running_loop() is None:
+            with self._cv:
+                while self._queued > STREAM_QUEUE_BYTES and not self._stopped:
+                    self._cv.wait()
 
     def finish(self) -> None:
         """Send what was held back: the PUT completes."""
@@ -171,6 +212,7 @@ class _StreamedPut:
     def cancel(self, why: str) -> None:
         """Cut the PUT off; nothing is stored."""
         self._held = None
+        self._stop()
         self._send(StorageError(why))
 
 
@@ -206,14 +248,18 @@ class Upload:
     def expect(self, digest: bytes, size: int | None) -> None:
         """The client declared the blob's SHA-256 (and its ``size``, when known)
         before sending it: the commit refuses other bytes (``digest_matches``).
-        A small upload of known size to an object store is then sent while it
-        arrives, under that digest's key, instead of once it is whole (while
-        fewer than ``max_streamed_puts`` are)."""
+        An upload of known size to an object store, up to one PUT's worth
+        (``single_put_max_bytes``), is then sent while it arrives, under that
+        digest's key, instead of once it is whole (while fewer than
+        ``max_streamed_puts`` are)."""
         self._expected = digest
-        if (not self.store.local and self.size == 0 and size is not None and 0 < size <= self._memory_limit
-                and self._stream is None and self.store._take_stream_slot()):
-            self._stream = _StreamedPut(self.store, self.store._path(blob_key(self.kind, digest.hex())), size, digest)
-            self._stream.future.add_done_callback(lambda _: self.store._give_stream_slot())
+        if (self.store.local or self.size != 0 or not size or size > self.store.single_put_max_bytes
+                or self._stream is not None or not self.store._take_stream_slot()):
+            return
+        path = self.store._path(blob_key(self.kind, digest.hex()))
+        self._stream = _StreamedPut(self.store, path, size, digest, look_first=size > self._memory_limit)
+        self._stream.future.add_done_callback(lambda _: self.store._give_stream_slot())
+        self.store._count_stream("begun")
 
     def digest_matches(self) -> bool:
         """False when the client declared a SHA-256 other than the bytes'."""
@@ -223,6 +269,28 @@ class Upload:
         if self._stream is not None:
             self._stream.cancel(why)
             self._stream = None
+
+    def _finish_stream(self, final: str) -> bool:
+        """True when the PUT sent while a large upload arrived stored it (or found it
+        stored: its modification time is then renewed). False when there was none,
+        or it failed: the upload is then sent the usual way, from its file."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return False
+        if self.size != stream.size or _running_loop() is stream._loop:  # that loop cannot be waited for here
+            stream.cancel("sent the usual way")
+            return False
+        stream.finish()
+        try:
+            stream.future.result()
+        except Exception as exc:  # noqa: BLE001 - sent again, whole
+            log.info("a PUT sent while its upload arrived failed (%s); sending the upload again, whole", exc)
+            self.store._count_stream("sent_again")
+            return False
+        if stream.existing:
+            self.store._reuse(final)
+        self.store._count_stream("found_stored" if stream.existing else "stored")
+        return True
 
     def key_and_sha(self) -> tuple[str, str]:
         """The blob's key and SHA-256 (hex) for what was written so far."""
@@ -245,14 +313,16 @@ class Upload:
             raise StorageError("the upload was aborted")
         self.sha.update(data)
         self.size += len(data)
+        if self._stream is not None:
+            if self.size <= self._stream.size:
+                # The latest bytes are held back: nothing completes the PUT yet. In a
+                # worker thread, this waits while the store is behind.
+                self._stream.feed(data)
+            else:  # past its declared size: sent the usual way
+                self._stop_stream("the upload is larger than its client declared")
         if self._small is not None:
             self._small.append(data)
             self._small_bytes += len(data)
-            if self._stream is not None:
-                if self.size <= self._stream.size:
-                    self._stream.feed(data)  # the latest bytes are held back: nothing completes the PUT yet
-                else:  # past its declared size: sent the usual way
-                    self._stop_stream("the upload is larger than its client declared")
             if self._small_bytes <= self._memory_limit:
                 return
             data, self._small = b"".join(self._small), None  # too big to keep: to a file from here on
@@ -290,7 +360,8 @@ class Upload:
         if not self.digest_matches():
             self._abort()
             raise StorageError("the upload does not match the SHA-256 its client declared")
-        self._stop_stream("sent the usual way")  # only a small upload of its declared size is streamed
+        if self._small is not None:
+            self._stop_stream("sent the usual way")  # commit_async sends a small upload's streamed PUT
         key, sha = self.key_and_sha()
         final = self.store._path(key)
         fs = self.store.fs
@@ -317,7 +388,9 @@ class Upload:
                     fsync_dir(Path(final).parent)
             else:
                 self._fh.close()
-                if self.store._reuse(final):
+                if self._finish_stream(final):
+                    pass  # sent while it arrived
+                elif self.store._reuse(final):
                     pass  # the same bytes are stored already
                 elif self.size <= self.store.single_put_max_bytes:
                     self.store._put_streamed(self.tmp, final, self.size, self.sha.digest())
@@ -345,6 +418,7 @@ class Upload:
         path = self.store._path(key)
         pieces, self._small = self._small, []
         stream, self._stream = self._stream, None
+        declared = stream is not None  # sent while it arrived
         if stream is None and self.size:  # nothing sent yet: the pieces go now, under the key just known
             stream = _StreamedPut(self.store, path, self.size, self.sha.digest())
             for piece in pieces:
@@ -358,6 +432,8 @@ class Upload:
                     sent = True
                 except Exception as exc:  # noqa: BLE001 - sent again below, whole
                     log.info("a PUT of pieces failed (%s); sending the upload again, whole", exc)
+                if declared:
+                    self.store._count_stream("stored" if sent else "sent_again")
             elif stream is not None:
                 stream.cancel("the upload is smaller than its client declared")
             if not sent:  # the storage client's own retries can rewind this one
@@ -370,6 +446,9 @@ class Upload:
         return self._done
 
     def abort(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream._stop()  # a write waiting for the store stops waiting (and frees the lock)
         with self._lock:
             self._abort()
 
@@ -421,6 +500,9 @@ class BlobStore:
         self._loop_clients: dict[asyncio.AbstractEventLoop, object] = {}  # until aclose (a client holds its loop)
         self._streams_lock = threading.Lock()
         self._streams = 0  # PUTs sent while their uploads arrive, now
+        # Those PUTs so far: begun, stored by them, found stored already (nothing
+        # sent), and the uploads sent again whole after theirs failed.
+        self.stream_counts = dict.fromkeys(("begun", "stored", "found_stored", "sent_again"), 0)
         self.root = root.rstrip("/")
         if hasattr(self.fs, "retries"):
             self.fs.retries = 3  # s3fs's own retry loop, on top of botocore's
@@ -446,7 +528,7 @@ class BlobStore:
             return self.fs
         fs = self._loop_clients.get(loop)
         if fs is None:
-            fs = type(self.fs)(asynchronous=True, skip_instance_cache=True, **self._options)
+            fs = type(self.fs)(**{**self._options, "asynchronous": True, "skip_instance_cache": True})
             fs.retries = self.fs.retries
             fs.bound_loop = loop
             self._loop_clients[loop] = fs
@@ -462,6 +544,10 @@ class BlobStore:
     def _give_stream_slot(self) -> None:
         with self._streams_lock:
             self._streams -= 1
+
+    def _count_stream(self, what: str) -> None:
+        with self._streams_lock:
+            self.stream_counts[what] += 1
 
     async def aclose(self) -> None:
         """Close the running event loop's client, if it has one (its connections
@@ -686,6 +772,38 @@ class BlobStore:
             key = path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
             out.append((key, int(info.get("size") or 0), mtime_of(info)))
         return out
+
+    def unfinished_uploads(self) -> list[tuple[str, str, float]]:
+        """(key, upload id, epoch seconds it was last active) of each multipart upload
+        under the store's root that was neither completed nor aborted (a process
+        stopped mid-upload): its parts take space, invisibly. None on a local store.
+        Last active: when its latest part came, or else when it began."""
+        if self.local:
+            return []
+        bucket, _, prefix = self.root.partition("/")
+        out = []
+        try:
+            args = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+            while True:
+                page = self.fs.call_s3("list_multipart_uploads", **args)
+                for u in page.get("Uploads", []):
+                    key = u["Key"][len(args["Prefix"]) :]
+                    parts = self.fs.call_s3("list_parts", Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+                    active = [p["LastModified"].timestamp() for p in parts.get("Parts", [])]
+                    out.append((key, u["UploadId"], max(active, default=u["Initiated"].timestamp())))
+                if not page.get("IsTruncated"):
+                    return out
+                args |= {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"could not list unfinished uploads: {exc}") from exc
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Drop an unfinished multipart upload's parts."""
+        bucket, path, _ = self.fs.split_path(self._path(key))
+        try:
+            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=path, UploadId=upload_id)
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"could not abort the upload of {key}: {exc}") from exc
 
 
 def _past_the_end(exc: OSError) -> bool:

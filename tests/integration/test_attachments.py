@@ -7,11 +7,14 @@ import base64
 import email
 import hashlib
 import os
+import uuid
 from email import policy
 from urllib.parse import quote
 
 import pytest
-from conftest import storage_of
+from conftest import start_app, storage_of
+
+from raymail.store.blobs import UPLOAD_PART_BYTES
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(150_000)
 
@@ -215,6 +218,57 @@ async def test_an_upload_that_does_not_match_its_content_digest_keeps_nothing(st
     # Sent again, right: kept.
     r = await upload(app, mallory["token"], other, ctype="application/pdf", **{"Content-Digest": content_digest(other)})
     assert r.status_code == 201 and r.json()["sha256"] == hashlib.sha256(other).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def s3_app(ray_cluster, moto, tmp_path_factory):
+    """An object-store deployment with the default limits (25 MiB an attachment): room
+    for uploads larger than one part."""
+    a = start_app(tmp_path_factory.mktemp("s3-default-limits"),
+                  storage={"url": moto.bucket(f"b{uuid.uuid4().hex[:10]}"), "options": moto.options})
+    yield a
+    a.deployment.stop()
+
+
+def streamed_puts(app) -> dict:
+    """The gateways' counts of PUTs sent while their uploads arrived, summed."""
+    import ray
+
+    out: dict = {}
+    for g in app.deployment.gateways:
+        for k, v in ray.get(g.stats.remote())["streamed_puts"].items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+async def test_a_large_upload_with_its_content_digest_is_sent_as_it_arrives(s3_app):
+    app = s3_app
+    alice, mallory = app.user(), app.user()
+    data = os.urandom(2 * UPLOAD_PART_BYTES + 1_500_000)  # past what an upload keeps in memory
+    before = streamed_puts(app)
+    r = await upload(app, alice["token"], data, ctype="video/mp4", **{"Content-Digest": content_digest(data)})
+    assert r.status_code == 201, r.text
+    meta = r.json()
+    counts = streamed_puts(app)
+    assert counts["begun"] - before["begun"] == 1 and counts["stored"] - before["stored"] == 1
+    key = f"att/{meta['sha256'][:2]}/{meta['sha256']}"
+    store = storage_of(app)
+    assert store.get(key) == data
+    async with app.client(alice["token"]) as c:
+        assert (await c.get(f"/v1/attachments/{meta['id']}")).content == data
+    # The same bytes again: found stored, not sent.
+    r = await upload(app, mallory["token"], data, ctype="video/mp4", **{"Content-Digest": content_digest(data)})
+    assert r.status_code == 201 and r.json()["sha256"] == meta["sha256"]
+    assert streamed_puts(app)["found_stored"] - before["found_stored"] == 1
+    # Other bytes claiming a digest: refused, nothing kept.
+    kept = att_objects(app)
+    other = os.urandom(len(data))
+    for claimed in (data, os.urandom(len(data))):  # a stored blob's digest, a new one
+        r = await upload(app, mallory["token"], other, ctype="video/mp4", **{"Content-Digest": content_digest(claimed)})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "digest_mismatch", r.text
+    await asyncio.sleep(0.5)  # a PUT cut off would have landed by now
+    assert att_objects(app) == kept and store.get(key) == data and not store.list("tmp")
+    assert streamed_puts(app)["sent_again"] == before["sent_again"]
 
 
 @pytest.mark.parametrize("header", ["sha-256=:AAAA:", "sha-256=abc", "sha-256=:" + "!" * 44 + ":",

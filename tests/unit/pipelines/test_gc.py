@@ -153,6 +153,40 @@ def test_collect_on_s3(moto_s3):
     assert gone not in remaining and msg not in remaining
 
 
+def test_unfinished_multipart_uploads_are_aborted_after_the_grace_period(moto_s3):
+    bucket, options = moto_s3
+    store = BlobStore(f"s3://{bucket}/{uuid.uuid4().hex}", options)
+    neighbour = BlobStore(f"s3://{bucket}/{uuid.uuid4().hex}", options)  # another deployment's root
+
+    def begin(on: BlobStore, key: str) -> str:
+        b, path, _ = on.fs.split_path(on._path(key))
+        upload_id = on.fs.call_s3("create_multipart_upload", Bucket=b, Key=path)["UploadId"]
+        on.fs.call_s3("upload_part", Bucket=b, Key=path, UploadId=upload_id, PartNumber=1, Body=b"x" * 1000)
+        return upload_id
+
+    left = begin(store, "att/ab/" + "a" * 64)  # a process stopped mid-upload
+    catalog = begin(store, "catalog/blobs/part-9.parquet")  # not ours to touch
+    other = begin(neighbour, "att/cd/" + "c" * 64)
+    assert {u for _, u, _ in store.unfinished_uploads()} == {left, catalog}
+    young = collect(store, set(), GRACE_S, progress=lambda _: None)
+    assert (young["unfinished_uploads"], young["aborted_uploads"]) == (2, 0)
+    later = time.time() + 2 * GRACE_S
+    dry = collect(store, set(), GRACE_S, now_s=later, dry_run=True, progress=lambda _: None)
+    assert dry["aborted_uploads"] == 1 and len(store.unfinished_uploads()) == 2
+    lines: list[str] = []
+    out = collect(store, set(), GRACE_S, now_s=later, progress=lines.append)
+    assert out["aborted_uploads"] == 1 and out["errors"] == 0
+    assert "aborted 1 of 2 unfinished multipart uploads" in lines[-1]
+    assert {u for _, u, _ in store.unfinished_uploads()} == {catalog}
+    assert {u for _, u, _ in neighbour.unfinished_uploads()} == {other}
+
+
+def test_a_local_store_has_no_unfinished_uploads(store, layout):
+    assert store.unfinished_uploads() == []
+    out = collect(store, set(), GRACE_S, now_s=NOW, progress=lambda _: None)
+    assert (out["unfinished_uploads"], out["aborted_uploads"]) == (0, 0)
+
+
 # -- referenced_keys, against a stand-in for the ray module --------------------------------------
 
 

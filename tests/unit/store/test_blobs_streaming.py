@@ -28,6 +28,7 @@ from raymail.errors import StorageError
 from raymail.store.blobs import (
     LOCAL_MEMORY_BYTES,
     S3FS_SINGLE_PUT_BYTES,
+    STREAM_QUEUE_BYTES,
     UPLOAD_PART_BYTES,
     BlobMissing,
     BlobStore,
@@ -854,3 +855,180 @@ def test_slow_declared_uploads_take_only_so_many_connections(s3_options, tmp_pat
     assert third._stream is not None
     third.abort()
     _wait_for(lambda: store._streams == 0, "the aborted PUT to give its slot back")
+
+
+# -- A large declared upload: one PUT sent while it arrives, from a worker thread -----
+
+MiB = 1024 * 1024
+
+
+def _own_store(s3_options: dict, tmp_path: Path) -> BlobStore:
+    """A store with an S3 client of its own: the hooks a test sets on it stay there."""
+    return BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", {**s3_options, "skip_instance_cache": True},
+                     spool_dir=tmp_path / "spool")
+
+
+def _count_calls(store: BlobStore, operation: str, hook=None) -> list:
+    """Each ``operation`` call the store's S3 client starts, as it starts (``hook``
+    runs then too, on the client's loop)."""
+    store.exists("warm-up")  # the client exists from here on
+    started: list = []
+
+    def seen(**kw) -> None:
+        started.append(1)
+        if hook is not None:
+            hook()
+
+    store.fs.s3.meta.events.register(f"before-parameter-build.s3.{operation}", seen)
+    return started
+
+
+def _large_declared(store: BlobStore, data: bytes, digest: bytes | None = None) -> Upload:
+    up = store.upload("att")
+    up.expect(digest or hashlib.sha256(data).digest(), len(data))
+    return up
+
+
+def _write_in_mib(up: Upload, data: bytes, start: int = 0, stop: int | None = None) -> None:
+    for i in range(start, len(data) if stop is None else stop, MiB):
+        up.write(data[i : i + MiB])
+
+
+def test_a_large_declared_upload_is_sent_while_it_arrives(s3_options, tmp_path):
+    store = _own_store(s3_options, tmp_path)
+    puts = _count_calls(store, "PutObject")
+    data = data_of(2 * UPLOAD_PART_BYTES + 3 * MiB)
+    key = blob_key("att", hashlib.sha256(data).hexdigest())
+    up = _large_declared(store, data)
+    _write_in_mib(up, data, stop=2 * UPLOAD_PART_BYTES)
+    _wait_for(lambda: puts, "the PUT to start before the upload is whole")
+    _wait_for(lambda: up._stream._queued <= MiB, "the store to take what came so far")
+    time.sleep(0.2)
+    assert not store.exists(key)  # its last piece is held back: the PUT cannot complete
+    _write_in_mib(up, data, start=2 * UPLOAD_PART_BYTES)
+    assert _commit(up) == (key, hashlib.sha256(data).hexdigest(), len(data))
+    assert len(puts) == 1  # that PUT, not a second one of the whole
+    assert store.get(key) == data
+    assert spooled(store) == [] and store._streams == 0
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["new-digest", "digest-of-a-stored-blob"])
+def test_a_large_upload_not_matching_its_declared_digest_stores_nothing(s3_options, tmp_path, stored):
+    store = _own_store(s3_options, tmp_path)
+    claimed = data_of(UPLOAD_PART_BYTES + 2 * MiB, 1)
+    if stored:
+        key, _, _ = stream(store, [claimed])  # somebody's blob
+    puts = _count_calls(store, "PutObject")
+    other = data_of(len(claimed), 2)
+    up = _large_declared(store, other, hashlib.sha256(claimed).digest())
+    _write_in_mib(up, other)
+    if not stored:
+        _wait_for(lambda: puts, "the PUT to start")
+    with pytest.raises(StorageError, match="SHA-256 its client declared"):
+        _commit(up)
+    _wait_for(lambda: store._streams == 0, "the PUT to be cut off")
+    time.sleep(0.2)
+    if stored:
+        assert puts == []  # the blob was found first: nothing was sent
+        assert store.get(key) == claimed
+        assert keys(store, "att") == [key]
+    else:
+        assert keys(store, "att") == []
+    assert spooled(store) == []
+
+
+def test_a_large_declared_upload_of_stored_bytes_is_not_sent(s3_options, tmp_path):
+    store = _own_store(s3_options, tmp_path)
+    data = data_of(UPLOAD_PART_BYTES + 2 * MiB, 4)
+    key, _, _ = stream(store, [data])
+    puts = _count_calls(store, "PutObject")
+    up = _large_declared(store, data)
+    _write_in_mib(up, data)
+    assert _commit(up)[0] == key
+    assert puts == []
+    assert store.get(key) == data
+
+
+@pytest.mark.parametrize("declared", [-MiB // 2, +MiB], ids=["larger-than-declared", "smaller-than-declared"])
+def test_a_large_upload_not_of_its_declared_size_is_sent_whole(s3_options, tmp_path, declared):
+    store = _own_store(s3_options, tmp_path)
+    puts = _count_calls(store, "PutObject")
+    data = data_of(2 * UPLOAD_PART_BYTES + 3 * MiB, 5)
+    key = blob_key("att", hashlib.sha256(data).hexdigest())
+    up = store.upload("att")
+    up.expect(hashlib.sha256(data).digest(), len(data) + declared)
+    _write_in_mib(up, data)
+    time.sleep(0.3)
+    assert not store.exists(key)  # not the first bytes cut to the declared size
+    assert _commit(up)[0] == key
+    assert store.get(key) == data
+    assert len(puts) == 2  # the one cut off, then the whole
+
+
+def test_a_large_declared_upload_whose_put_fails_is_sent_again_whole(s3_options, tmp_path):
+    store = _own_store(s3_options, tmp_path)
+
+    def refuse_the_first() -> None:
+        if len(puts) == 1:
+            raise ConnectionResetError("the store went away mid-upload")
+
+    puts = _count_calls(store, "PutObject", hook=refuse_the_first)
+    data = data_of(2 * UPLOAD_PART_BYTES + MiB, 6)
+    up = _large_declared(store, data)
+    _write_in_mib(up, data)
+    key, _, _ = _commit(up)
+    assert len(puts) == 2  # the failed one, then the whole from the spool file
+    assert store.get(key) == data
+    assert spooled(store) == [] and store._streams == 0
+
+
+def test_a_large_declared_upload_waits_for_a_slow_store(s3_options, moto, tmp_path):
+    from relay import PacedLink
+
+    link = PacedLink(moto.endpoint, 200)  # 25 MB/s
+    try:
+        store = BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", {**s3_options, "endpoint_url": link.endpoint},
+                          spool_dir=tmp_path / "spool")
+        store.exists("warm-up")
+        data = data_of(4 * UPLOAD_PART_BYTES, 7)
+        up = _large_declared(store, data)
+        most = 0
+        t0 = time.monotonic()
+        for i in range(0, len(data), MiB):
+            up.write(data[i : i + MiB])
+            most = max(most, up._stream._queued)
+        writing = time.monotonic() - t0
+        assert store.get(_commit(up)[0]) == data
+        assert most <= STREAM_QUEUE_BYTES + MiB  # what waits in memory is bounded
+        assert writing > 0.5  # the writes kept pace with the store (32 MiB at 25 MB/s), not with memory
+    finally:
+        link.close()
+
+
+def test_an_abort_releases_a_write_waiting_for_the_store(s3_options, tmp_path):
+    store = _own_store(s3_options, tmp_path)
+    release = threading.Event()
+    _count_calls(store, "PutObject", hook=lambda: release.wait(30))  # the store hangs
+    data = data_of(4 * UPLOAD_PART_BYTES, 8)
+    up = _large_declared(store, data)
+    writer = threading.Thread(target=_write_quietly_in_mib, args=(up, data))
+    writer.start()
+    _wait_for(lambda: up._stream is not None and up._stream._queued > STREAM_QUEUE_BYTES, "the queue to fill up")
+    time.sleep(0.2)
+    assert writer.is_alive()  # waiting for the store
+    t0 = time.monotonic()
+    up.abort()
+    writer.join(5)
+    took = time.monotonic() - t0
+    release.set()
+    assert not writer.is_alive() and took < 5, f"the abort waited {took:.1f} s for the store"
+    _wait_for(lambda: store._streams == 0, "the PUT to be cut off")
+    time.sleep(0.2)
+    assert keys(store, "att") == [] and spooled(store) == []
+
+
+def _write_quietly_in_mib(up: Upload, data: bytes) -> None:
+    try:
+        _write_in_mib(up, data)
+    except StorageError:
+        pass  # aborted
