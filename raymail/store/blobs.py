@@ -7,8 +7,11 @@ single PUT. A streamed upload is hashed on the way and kept in memory while smal
 (written once at commit, as above); a larger one goes to a local file as it
 arrives, which a local store renames into place and an object store gets under
 the final key as one PUT read from that file (up to 100 MiB) or a multipart
-upload, visible only once complete. A crash never leaves a half blob under its
-final key; stale ``tmp/`` files are removed by the garbage collector.
+upload, visible only once complete. An upload whose client declared its SHA-256
+and length goes to an object store while it arrives, as one PUT under that
+digest's key whose last piece waits for the hash to match. A crash never leaves
+a half blob under its final key; stale ``tmp/`` files and idle multipart uploads
+are removed by the garbage collector.
 
 Every storage failure leaves as ``StorageError`` (``BlobMissing`` when the blob is
 not there); fsspec, OS and S3 client errors are mapped here.
