@@ -380,12 +380,13 @@ class Upload:
                     # PUT also renews LastModified for garbage collection).
                     self.store._put_objects([(final, data, self.sha.digest())])
             elif self.store.local:
-                os.fsync(self._fh.fileno())
-                self._fh.close()
-                if os.path.exists(final):
-                    os.unlink(self.tmp)  # deduplicated: the same bytes are already stored
+                if os.path.exists(final):  # deduplicated: the same bytes are stored already
+                    self._fh.close()
+                    os.unlink(self.tmp)  # never made durable: nothing needs it
                     os.utime(final)  # fresh again: garbage collection's grace period restarts
                 else:
+                    os.fsync(self._fh.fileno())
+                    self._fh.close()
                     Path(final).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(self.tmp, final)
                     fsync_dir(Path(final).parent)

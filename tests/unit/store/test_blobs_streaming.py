@@ -194,6 +194,27 @@ def test_upload_the_same_bytes_as_put_is_deduplicated(store: BlobStore):
         assert os.stat(store._path(key)).st_ino == inode
 
 
+def test_a_large_local_upload_of_stored_bytes_is_not_synced(tmp_path: Path, monkeypatch):
+    import raymail.store.blobs as blobs
+
+    store = BlobStore((tmp_path / "blobs").as_uri())
+    data = data_of(3 * LOCAL_MEMORY_BYTES)  # from a file
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(blobs.os, "fsync", fsync)
+    key, _, _ = stream(store, [data[:LOCAL_MEMORY_BYTES], data[LOCAL_MEMORY_BYTES:]])
+    assert synced  # the first is made durable
+    synced.clear()
+    assert stream(store, [data[:LOCAL_MEMORY_BYTES], data[LOCAL_MEMORY_BYTES:]])[0] == key
+    assert synced == []  # the second is dropped, unsynced
+    assert store.get(key) == data and keys(store, "tmp") == []
+
+
 def test_two_concurrent_uploads_of_the_same_bytes(store: BlobStore):
     first, second = store.upload("att"), store.upload("att")
     for up in (first, second):
