@@ -90,6 +90,16 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("ts", pa.float64()),
         ]
     ),
+    # Attachment blobs garbage collection removed from storage (``raymail storage
+    # gc``): what was seen before ``ts`` is no longer stored.
+    "collected": pa.schema(
+        [
+            ("blob", pa.string()),
+            ("sha256", pa.string()),
+            ("size", pa.int64()),
+            ("ts", pa.float64()),
+        ]
+    ),
     # The mail event log (DESIGN.md "Outbound"): one row per step of a message.
     "events": pa.schema(
         [

@@ -5,14 +5,16 @@ store's fsspec filesystem (so ``s3://`` works without DuckDB's httpfs extension)
 and queries the Arrow tables with DuckDB.
 
 Definitions:
-- physical bytes: each distinct content (sha256) once, whoever holds it;
+- physical bytes: each distinct content (sha256) once, whoever holds it, unless
+  garbage collection removed it after it was last seen (uploaded or referenced);
 - logical bytes: what users would pay without deduplication: every upload still
   usable (not expired) once for its uploader, plus, per (user, attachment) whose
   net ``delta`` is positive (a mailbox holds at least one message carrying it), the
   attachment's size once;
 - uploads: every upload ever made (expired ones included), and of those expired;
 - dedup ratio: logical / physical (1.0 when nothing is stored);
-- content types: per type, the number of uploads and the bytes uploaded.
+- content types: per type, the number of uploads and the bytes uploaded;
+- collected: the attachment blobs garbage collection removed, and their bytes.
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ _LIVE_REFS = """
     FROM refs GROUP BY uid, attachment_id HAVING sum(delta) > 0
 """
 _CONTENTS = """
-    SELECT sha256, max(size) AS size
-    FROM (SELECT sha256, size FROM blobs UNION ALL SELECT sha256, size FROM refs)
-    GROUP BY sha256
+    SELECT seen.sha256, max(seen.size) AS size
+    FROM (SELECT sha256, size, ts FROM blobs UNION ALL SELECT sha256, size, ts FROM refs) seen
+    LEFT JOIN (SELECT sha256, max(ts) AS ts FROM collected GROUP BY sha256) gone USING (sha256)
+    GROUP BY seen.sha256
+    HAVING max(seen.ts) > coalesce(any_value(gone.ts), -1)
 """
 
 
@@ -77,6 +81,7 @@ def compute_stats(tables: dict[str, pa.Table]) -> dict:
                                "FROM uploads")
         upload_bytes, = one("SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM live_uploads")
         live, live_bytes = one("SELECT count(*), CAST(coalesce(sum(size), 0) AS BIGINT) FROM live_refs")
+        collected, collected_bytes = one("SELECT count(*), CAST(coalesce(sum(size), 0) AS BIGINT) FROM collected")
         users = con.execute(f"""
             SELECT uid, CAST(sum(size) AS BIGINT) AS logical_bytes, count(*) AS attachments
             FROM (SELECT uid, size FROM live_uploads UNION ALL SELECT uid, size FROM live_refs)
@@ -98,6 +103,8 @@ def compute_stats(tables: dict[str, pa.Table]) -> dict:
         "physical_bytes": int(physical),
         "logical_bytes": logical,
         "dedup_ratio": logical / physical if physical else 1.0,
+        "collected_blobs": int(collected),
+        "collected_bytes": int(collected_bytes),
         "top_users": [{"uid": u, "logical_bytes": int(b), "attachments": int(n)} for u, b, n in users],
         "content_types": [{"content_type": t, "count": int(n), "bytes": int(b)} for t, n, b in types],
     }
@@ -121,6 +128,7 @@ def format_stats(stats: dict) -> str:
         f"  dedup ratio      {stats['dedup_ratio']:.2f}",
         f"  uploads          {stats['uploads']} ({stats['expired_uploads']} expired), "
         f"live mailbox references {stats['live_references']}",
+        f"  removed by gc    {stats['collected_blobs']} blobs ({_human(stats['collected_bytes'])})",
     ]
     if stats["top_users"]:
         lines.append(f"top {len(stats['top_users'])} users by logical bytes")

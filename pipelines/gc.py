@@ -47,8 +47,10 @@ def collect(
     dry_run: bool = False,
     progress: Callable[[str], object] = print,
     recheck: Callable[[], set[str]] | None = None,
+    on_deleted: Callable[[str, int], object] | None = None,
 ) -> dict:
-    """Delete unreferenced objects older than the grace period; returns counts and bytes."""
+    """Delete unreferenced objects older than the grace period; returns counts and bytes.
+    ``on_deleted(key, size)`` is told of each object deleted."""
     if grace_s < 0:
         raise ValueError(f"grace_s must not be negative, got {grace_s}")
     now = time.time() if now_s is None else now_s
@@ -90,6 +92,8 @@ def collect(
                 out["errors"] += 1
                 log.warning("gc: could not delete %s: %s", key, exc)
                 continue
+            if on_deleted is not None:
+                on_deleted(key, size)
         out["deleted"] += 1
         out["deleted_bytes"] += size
         if i % PROGRESS_EVERY == 0:

@@ -57,6 +57,7 @@ def test_gc_deletes_only_old_unreferenced_blobs(world, ray_cluster):
     store = storage_of(app)
     old = time.time() - 3600
     orphan = store.put("att", b"uploaded, never recorded " + os.urandom(16))
+    orphan_size = store.size(orphan)
     young_orphan = store.put("att", b"an upload in flight " + os.urandom(16))
     stale_tmp = f"tmp/{uuid.uuid4().hex}"
     for key in (orphan, stale_tmp):
@@ -82,6 +83,8 @@ def test_gc_deletes_only_old_unreferenced_blobs(world, ray_cluster):
     summary = json.loads(out.stdout)
     assert summary["deleted"] == 2 and summary["errors"] == 0 and summary["skipped_young"] >= 1
     assert summary["referenced"] >= 2 + len(msg_keys)
+    assert summary["catalogued"] == 1  # the attachment blob, for the statistics; not tmp/
+    assert "recorded 1 removed attachment blobs in the catalog" in out.stderr
     after = {k for p in ("att/", "msg/", "tmp/", "catalog/") for k, _, _ in store.list(p)}
     assert orphan not in after and stale_tmp not in after
     assert {att_key(u) for u in uploads} | msg_keys | {young_orphan} <= after
@@ -91,9 +94,12 @@ def test_gc_deletes_only_old_unreferenced_blobs(world, ray_cluster):
 
     stats = run("storage", "stats", "--json", *args)
     assert stats.returncode == 0, stats.stderr
+    got = json.loads(stats.stdout)
     assert {"unique_blobs", "physical_bytes", "logical_bytes", "dedup_ratio", "top_users",
-            "content_types"} <= set(json.loads(stats.stdout))
-    assert "dedup ratio" in run("storage", "stats", *args).stdout
+            "content_types"} <= set(got)
+    assert (got["collected_blobs"], got["collected_bytes"]) == (1, orphan_size)
+    report = run("storage", "stats", *args).stdout
+    assert "dedup ratio" in report and "removed by gc    1 blobs" in report
 
 
 def test_gc_refuses_a_wrong_shard_count(world, ray_cluster, tmp_path):

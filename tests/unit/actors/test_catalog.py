@@ -75,7 +75,7 @@ def test_rows_stay_buffered_until_flush(config):
     w = CatalogWriter(config, flush_rows=100)
     w.add("blobs", [blob_row(i) for i in range(3)])
     w.add("refs", [ref_row(1), ref_row(1, delta=-1)])
-    assert w.stats()["buffered_rows"] == {"blobs": 3, "refs": 2, "expired": 0, "events": 0}
+    assert w.stats()["buffered_rows"] == {"blobs": 3, "refs": 2, "expired": 0, "collected": 0, "events": 0}
     assert list_parts(w.store, "blobs").live == []
     assert read_table(w.store, "blobs").num_rows == 0
 
@@ -88,8 +88,8 @@ def test_rows_stay_buffered_until_flush(config):
     assert blobs.to_pylist() == [blob_row(i) for i in range(3)]
     assert read_table(w.store, "refs").column("delta").to_pylist() == [1, -1]
     st = w.stats()
-    assert st["buffered_rows"] == {"blobs": 0, "refs": 0, "expired": 0, "events": 0}
-    assert st["rows_written"] == {"blobs": 3, "refs": 2, "expired": 0, "events": 0} and st["parts_written"] == {"blobs": 1, "refs": 1, "expired": 0, "events": 0}
+    assert st["buffered_rows"] == {"blobs": 0, "refs": 0, "expired": 0, "collected": 0, "events": 0}
+    assert st["rows_written"] == {"blobs": 3, "refs": 2, "expired": 0, "collected": 0, "events": 0} and st["parts_written"] == {"blobs": 1, "refs": 1, "expired": 0, "collected": 0, "events": 0}
     assert st["background"] is False  # no event loop: nothing runs behind our back
     assert w.flush() == {"parts": {}, "rows": {}}
 
@@ -102,7 +102,7 @@ def test_a_full_buffer_flushes_that_table_only(config):
     w.add("blobs", [blob_row(i) for i in range(3, 6)])
     assert len(list_parts(w.store, "blobs").live) == 1
     assert list_parts(w.store, "refs").live == []
-    assert w.stats()["buffered_rows"] == {"blobs": 0, "refs": 1, "expired": 0, "events": 0}
+    assert w.stats()["buffered_rows"] == {"blobs": 0, "refs": 1, "expired": 0, "collected": 0, "events": 0}
     assert ids(read_table(w.store, "blobs")) == sorted(f"a{i}" for i in range(6))
 
 
@@ -178,7 +178,7 @@ def test_bad_rows_are_refused_naming_what_is_wrong(local_config, table, rows, me
     with pytest.raises(ValueError) as exc:
         w.add(table, rows)
     assert message in str(exc.value)
-    assert w.stats()["buffered_rows"] == {"blobs": 0, "refs": 0, "expired": 0, "events": 0}
+    assert w.stats()["buffered_rows"] == {"blobs": 0, "refs": 0, "expired": 0, "collected": 0, "events": 0}
 
 
 def test_extra_keys_are_ignored_and_an_empty_add_is_a_no_op(local_config):

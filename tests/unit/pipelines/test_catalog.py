@@ -64,7 +64,7 @@ def test_storage_stats_on_known_rows(config):
     stats = storage_stats(config)
     # physical: S1 (1000) + S2 (300); logical: uploads 2300 + live refs
     # (bob,a1) 1000 + (alice,a1) 1000 + (carol,a3) 300 + (dave,a3) 300 = 2600
-    assert stats["rows"] == {"blobs": 3, "refs": 9, "expired": 0, "events": 0}
+    assert stats["rows"] == {"blobs": 3, "refs": 9, "expired": 0, "collected": 0, "events": 0}
     assert stats["unique_blobs"] == 2
     assert stats["physical_bytes"] == 1300
     assert stats["uploads"] == 3 and stats["live_references"] == 4
@@ -115,6 +115,27 @@ def test_top_users_are_the_ten_largest():
 def test_a_reference_whose_upload_row_was_lost_still_counts_as_stored():
     stats = compute_stats({"refs": to_arrow("refs", [ref("a9", S2, 50, "erin", "e1", 1)])})
     assert (stats["unique_blobs"], stats["physical_bytes"], stats["logical_bytes"]) == (1, 50, 50)
+
+
+def collected(sha: str, size: int, ts: float) -> dict:
+    return {"blob": f"att/{sha[:2]}/{sha}", "sha256": sha, "size": size, "ts": ts}
+
+
+def test_blobs_garbage_collection_removed_are_no_longer_stored():
+    S3 = "3" * 64
+    tables = {
+        "blobs": to_arrow("blobs", [upload("a1", S1, 1000, "image/png", "alice"),
+                                    upload("a3", S2, 300, "application/pdf", "alice"),
+                                    upload("a4", S3, 50, "text/plain", "bob")]),
+        # S2 was collected after it was last seen; S3 was collected, then uploaded again.
+        "collected": to_arrow("collected", [collected(S2, 300, 5.0), collected(S3, 50, 0.5)]),
+    }
+    stats = compute_stats(tables)
+    assert (stats["unique_blobs"], stats["physical_bytes"]) == (2, 1050)
+    assert (stats["collected_blobs"], stats["collected_bytes"]) == (2, 350)
+    assert stats["uploads"] == 3  # a history: the uploads happened
+    before = compute_stats({"blobs": tables["blobs"]})
+    assert (before["unique_blobs"], before["physical_bytes"]) == (3, 1350)
 
 
 def test_format_stats_is_a_readable_report(config):
