@@ -10,8 +10,9 @@ Safety rules, in order:
   and not yet recorded by its mailbox (an upload or a send in flight) and
   writer temporaries (``tmp/`` and local ``.<name>.tmp`` files);
 - on an object store, a multipart upload left unfinished (by a process stopped
-  mid-upload) is aborted once it has been idle (no part, or no beginning) for
-  longer than the grace period: its parts take space and never become an object.
+  mid-upload) is aborted once nothing has come to it for longer than the grace
+  period (no part since its latest, or since it began): its parts take space and
+  never become an object.
 
 ``referenced`` must be gathered *before* ``collect`` lists storage, so anything
 written after the gathering is younger than the listing and kept by the grace
