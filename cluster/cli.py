@@ -153,7 +153,7 @@ def cmd_storage_gc(args: argparse.Namespace) -> int:
             store, referenced, args.grace_s, dry_run=args.dry_run, progress=progress,
             recheck=lambda: referenced_keys(cfg.cluster.namespace, cfg.cluster.shards), on_deleted=deleted,
         )
-        summary["catalogued"] = _catalog_collected(cfg, collected, progress)
+        summary["catalogued"] = _catalog_collected(store, collected, progress)
     except RaymailError as exc:
         print(f"raymail: {exc}", file=sys.stderr)
         return 1
@@ -163,20 +163,16 @@ def cmd_storage_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _catalog_collected(cfg, rows: list[dict], progress) -> int:
-    """Record the attachment blobs garbage collection removed in the catalog (its
-    ``collected`` table); returns how many rows it took."""
-    import ray
-
-    from actors.mailbox_shard import CATALOG_NAME
+def _catalog_collected(store, rows: list[dict], progress) -> int:
+    """Record the attachment blobs garbage collection removed in the catalog (one
+    part of its ``collected`` table, written here: the catalog's actor need not be
+    running); returns how many rows it took."""
+    from actors.catalog import to_arrow, write_part
 
     if not rows:
         return 0
     try:
-        catalog = ray.get_actor(CATALOG_NAME, namespace=cfg.cluster.namespace)
-        for i in range(0, len(rows), 10_000):
-            ray.get(catalog.add.remote("collected", rows[i : i + 10_000]), timeout=120)
-        ray.get(catalog.flush.remote(), timeout=120)
+        write_part(store, "collected", to_arrow("collected", rows))
     except Exception as exc:  # noqa: BLE001 - the blobs are gone all the same; say what stats will miss
         progress(f"gc: could not record the {len(rows)} removed attachment blobs in the catalog ({exc}); "
                  "`raymail storage stats` will count them as stored")
