@@ -10,7 +10,8 @@ Usage: python bench/attachments.py [--s3 [--link-mbps M]] [--streams N]
   ways take turns, in batches (see ``throughput``): each ratio is also given per
   batch, to show how much this machine's speed wandered meanwhile;
 - peak gateway memory over its baseline while a 100 MiB upload streams in;
-- with --s3, the CPU per 1 MiB upload by process, the API's against the plain copy's;
+- with --s3, the CPU per 1 MiB upload and download by process, the API's against the
+  plain copy's;
 - with --s3, the latency of a 1 MiB and a 20 MiB upload from a client sending at 20 MiB/s, plain
   and declaring its digest (a declared upload is sent on to the store as it arrives);
 - stored bytes vs logical bytes when one attachment goes to many recipients.
@@ -298,16 +299,18 @@ def _pids_of(marker: str) -> list[int]:
     return out
 
 
-def cpu_per_upload(api: Api, store, dep, store_pid: int, count: int) -> dict:
-    """Milliseconds of CPU per 1 MiB upload, one at a time, by process: the API's
-    (gateway, shards and catalog with their idle baseline, the store, curl) and the
-    plain fsspec copy's (this process as its client, the store). The two take turns
-    twice; four at once, the machine's cores bound the ratio of the totals."""
+def cpu_per_transfer(api: Api, store, dep, store_pid: int, count: int) -> dict:
+    """Milliseconds of CPU per 1 MiB transfer each way, one at a time, by process:
+    the API's (gateway, shards and catalog with their idle baseline, the store,
+    curl) and the plain fsspec copy's (this process as its client, the store). The
+    two take turns twice; four at once, the machine's cores bound the ratio of the
+    totals. Returns {"up"|"down": {"api"|"plain": {process: ms}}}."""
     import resource
 
     gateway = ray.get(dep.gateways[0].stats.remote())["pid"]
     actors = _pids_of("ray::MailboxShard") + _pids_of("ray::CatalogWriter")
     groups = {"gateway": [gateway], "shards+catalog": actors, "store": [store_pid]}
+    sides = {"api": ("gateway", "shards+catalog", "store", "curl"), "plain": ("client", "store")}
 
     def snap() -> dict[str, float]:
         out = {name: sum(_cpu_s(p) for p in pids) for name, pids in groups.items()}
@@ -316,30 +319,32 @@ def cpu_per_upload(api: Api, store, dep, store_pid: int, count: int) -> dict:
         out["client"] = time.process_time()
         return out
 
+    out: dict = {way: {side: dict.fromkeys(names, 0.0) for side, names in sides.items()} for way in ("up", "down")}
+
+    def measure(way: str, side: str, step) -> None:
+        before = snap()
+        step()
+        after = snap()
+        for k in sides[side]:
+            out[way][side][k] += (after[k] - before[k]) * 1e3 / count
+
     tmp = Path(tempfile.mkdtemp(prefix="raymail-bench-att-"))
     copy = FsspecCopy(store, 1)
-    api_ms: dict[str, float] = {}
-    plain_ms: dict[str, float] = {}
     try:
-        for _ in range(2):
-            files = _random_files(tmp, "a", MiB, count // 2)
-            before = snap()
-            api.upload(files, 1)
-            after = snap()
-            for k in ("gateway", "shards+catalog", "store", "curl"):
-                api_ms[k] = api_ms.get(k, 0.0) + (after[k] - before[k]) * 1e3 / count
-            files = _random_files(tmp, "c", MiB, count // 2)
-            before = snap()
-            copy.upload(files)
-            after = snap()
-            for k in ("client", "store"):
-                plain_ms[k] = plain_ms.get(k, 0.0) + (after[k] - before[k]) * 1e3 / count
+        for r in range(2):
+            sent = _random_files(tmp, f"a{r}-", MiB, count // 2)
+            copied = _random_files(tmp, f"c{r}-", MiB, count // 2)
+            ids: list[str] = []
+            measure("up", "api", lambda f=sent, into=ids: into.extend(api.upload(f, 1)[1]))
+            measure("up", "plain", lambda f=copied: copy.upload(f))
+            measure("down", "api", lambda f=sent, got=ids: api.download(got, [f"{x}.api" for x in f], 1))
+            measure("down", "plain", lambda f=copied: copy.download(f))
     finally:
         copy.remove()
         for f in tmp.iterdir():
             f.unlink()
         tmp.rmdir()
-    return {"api": api_ms, "plain": plain_ms}
+    return out
 
 
 def peak_upload_memory(dep, token: str, size: int, declared: bool = False) -> tuple[int, int]:
@@ -466,13 +471,14 @@ def measure(args, dep, cfg, directory) -> None:
                       f"({t['sha'] / t['fs_up']:.2f}x of the fsspec upload), one loopback TCP stream at its "
                       f"fastest {t['tcp']:.0f} MB/s ({t['tcp'] / t['fs_down']:.2f}x of the fsspec download)")
     if args.s3 and not args.link_mbps:
-        progress("CPU per 1 MiB upload, one at a time, by process")
-        c = cpu_per_upload(api, store, dep, args.store_pid, 40)
-        api_total, plain_total = sum(c["api"].values()), sum(c["plain"].values())
-        print("CPU per 1 MiB upload: API " + ", ".join(f"{k} {v:.1f}" for k, v in c["api"].items())
-              + f" = {api_total:.1f} ms; plain fsspec " + ", ".join(f"{k} {v:.1f}" for k, v in c["plain"].items())
-              + f" = {plain_total:.1f} ms (the API's path costs {api_total / plain_total:.2f}x the CPU; shards and "
-              "catalog include their idle baseline)")
+        progress("CPU per 1 MiB transfer, one at a time, by process")
+        cpu = cpu_per_transfer(api, store, dep, args.store_pid, 40)
+        for way, c in cpu.items():
+            api_total, plain_total = sum(c["api"].values()), sum(c["plain"].values())
+            print(f"CPU per 1 MiB {'upload' if way == 'up' else 'download'}: API "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in c["api"].items()) + f" = {api_total:.1f} ms; plain fsspec "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in c["plain"].items()) + f" = {plain_total:.1f} ms (the API's "
+                  f"path costs {api_total / plain_total:.2f}x the CPU; shards and catalog include their idle baseline)")
     if args.s3:
         for size, count in ((MiB, 16), (20 * MiB, 4)):
             progress(f"{size // MiB} MiB uploads from a client sending at 20 MiB/s")
