@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -129,6 +130,12 @@ class FsspecCopy:
             self.store.fs.rm_file(d)
         self.copies = []
 
+    def __enter__(self) -> FsspecCopy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
 
 def durable_floor(store, path: str) -> float:
     """Seconds for the work no content-addressed, durable upload can skip: SHA-256 of
@@ -191,6 +198,13 @@ def sha256_only(path: str) -> float:
     return time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def _scratch():
+    """A temporary folder for a round's files, removed with them."""
+    with tempfile.TemporaryDirectory(prefix="raymail-bench-att-") as d:
+        yield Path(d)
+
+
 def _random_files(tmp: Path, prefix: str, size: int, count: int) -> list[str]:
     files = []
     for i in range(count):
@@ -210,9 +224,7 @@ def throughput(api: Api, store, size: int, count: int, streams: int, rounds: int
     fsspec) then the downloads (API, fsspec) run back to back, in an order turned
     round every batch. Besides the totals, ``ratios`` has each batch's API/fsspec
     ratio of the same work, which shows how much the figures wander."""
-    tmp = Path(tempfile.mkdtemp(prefix="raymail-bench-att-"))
-    copy = FsspecCopy(store, streams)
-    try:
+    with FsspecCopy(store, streams) as copy, _scratch() as tmp:
         warm = _random_files(tmp, "warm", MiB, WARMUP)
         _, ids = api.upload(warm, streams)
         api.download(ids, [f"{f}.api" for f in warm], streams)
@@ -246,11 +258,6 @@ def throughput(api: Api, store, size: int, count: int, streams: int, rounds: int
         out: dict = {k: mb / v for k, v in secs.items()}
         out["ratios"] = ratios
         return out
-    finally:
-        copy.remove()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
 
 
 def _batch(api: Api, copy: FsspecCopy, streams: int, plain: list[str], declared: list[str], copied: list[str],
@@ -328,9 +335,7 @@ def cpu_per_transfer(api: Api, store, dep, store_pid: int, count: int) -> dict:
         for k in sides[side]:
             out[way][side][k] += (after[k] - before[k]) * 1e3 / count
 
-    tmp = Path(tempfile.mkdtemp(prefix="raymail-bench-att-"))
-    copy = FsspecCopy(store, 1)
-    try:
+    with FsspecCopy(store, 1) as copy, _scratch() as tmp:
         for r in range(2):
             sent = _random_files(tmp, f"a{r}-", MiB, count // 2)
             copied = _random_files(tmp, f"c{r}-", MiB, count // 2)
@@ -339,11 +344,6 @@ def cpu_per_transfer(api: Api, store, dep, store_pid: int, count: int) -> dict:
             measure("up", "plain", lambda f=copied: copy.upload(f))
             measure("down", "api", lambda f=sent, got=ids: api.download(got, [f"{x}.api" for x in f], 1))
             measure("down", "plain", lambda f=copied: copy.download(f))
-    finally:
-        copy.remove()
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
     return out
 
 
@@ -392,8 +392,7 @@ def client_paced_latency(api: Api, rate: str, count: int, size: int = MiB) -> tu
     (curl's ``--limit-rate``, bytes a second), plain and declaring its SHA-256, taking
     turns: on an object store a declared upload is sent on while it arrives, not
     once it is whole."""
-    tmp = Path(tempfile.mkdtemp(prefix="raymail-bench-att-"))
-    try:
+    with _scratch() as tmp:
         out: dict[bool, list[float]] = {False: [], True: []}
         for i in range(count):
             for digest in (False, True) if i % 2 == 0 else (True, False):
@@ -401,10 +400,6 @@ def client_paced_latency(api: Api, rate: str, count: int, size: int = MiB) -> tu
                 out[digest].append(1e3 * curl([["--limit-rate", rate] + api.upload_options(f, digest)], 1))
                 os.unlink(f)
         return statistics.median(out[False]), statistics.median(out[True])
-    finally:
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
 
 
 def dedup(dep, cfg, users: list[dict], sends: int) -> dict:
