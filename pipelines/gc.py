@@ -134,7 +134,6 @@ def _modified_since(store: BlobStore, key: str, cutoff_s: float) -> bool:
     """True if ``key`` is gone or was rewritten after the cutoff (then it is not ours to delete)."""
     path = f"{store.root}/{key}"
     try:
-        store.fs.invalidate_cache(path)  # s3fs would answer from the listing it cached
         info = store.fs.info(path)
     except FileNotFoundError:
         return True

@@ -496,6 +496,10 @@ class BlobStore:
                       # client's default CRC32.
                       "s3": {"payload_signing_enabled": False}}
             options["config_kwargs"] = {**config, **options.get("config_kwargs", {})}
+            # No answers from a kept listing: other processes (and this one's event-loop
+            # clients) write and delete blobs, and a stale listing would call a new
+            # blob missing or a removed one present (deduplicating against nothing).
+            options["use_listings_cache"] = False
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:

@@ -1053,3 +1053,19 @@ def _write_quietly_in_mib(up: Upload, data: bytes) -> None:
         _write_in_mib(up, data)
     except StorageError:
         pass  # aborted
+
+
+def test_a_blob_written_elsewhere_after_a_listing_is_found(s3_options):
+    """Another process (or this one's event-loop client) writes into a folder this
+    store listed before: the store must see it. s3fs would answer from the listing
+    it kept, and a blob would look missing (or a removed one present)."""
+    root = f"s3://{BUCKET}/{uuid.uuid4().hex}"
+    store = BlobStore(root, s3_options)
+    elsewhere = BlobStore(root, {**s3_options, "skip_instance_cache": True})
+    first = store.put("att", b"first")
+    assert [k for k, _, _ in store.list("att")] == [first]
+    later = first.rsplit("/", 1)[0] + "/" + "f" * 64  # the same folder
+    elsewhere.fs.pipe_file(elsewhere._path(later), b"later")
+    assert store.exists(later) and store.get(later) == b"later" and store.size(later) == 5
+    elsewhere.delete(first)
+    assert not store.exists(first)
