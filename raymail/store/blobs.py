@@ -828,6 +828,7 @@ class _ObjectStream:
         self.fs = fs
         self.bucket, self.key, _ = fs.split_path(path)
         self.range = f"bytes={start}-{'' if stop is None else stop - 1}"
+        self.left = None if stop is None else stop - start  # bytes of the range not yet read
         self.body = None
         self.done = False
 
@@ -863,7 +864,15 @@ class _ObjectStream:
                 break
             pieces.append(piece)
             got += len(piece)
+        if self.left is not None:
+            self.left -= got
+            if self.left <= 0:  # the whole range: the body is at its end, its connection given back
+                self.done = True
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def closes_at_once(self) -> bool:
+        """True when ``close`` does not wait for the storage client's loop."""
+        return self.body is None or self.done or _running_loop() is _loop_of(self.fs)
 
     def close(self) -> None:
         """A body read to its end has given its connection back already; one left
@@ -901,6 +910,15 @@ class BlobReader:
     def close(self) -> None:
         with contextlib.suppress(Exception):  # nothing was written: nothing to lose
             self._fh.close()
+
+    def close_soon(self) -> None:
+        """``close`` from an event loop: at once when that cannot block (a local file,
+        an object's body read to its end or owned by this loop's client), else in a
+        worker thread."""
+        if isinstance(self._fh, _ObjectStream) and not self._fh.closes_at_once():
+            asyncio.get_running_loop().run_in_executor(None, self.close)
+        else:
+            self.close()
 
 
 def mtime_of(info: dict) -> float:

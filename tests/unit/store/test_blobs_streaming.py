@@ -598,6 +598,24 @@ def test_reader_reads_whole_pieces_until_the_end(store: BlobStore):
     assert sizes == [1024 * 1024] * 3 + [5, 0]
 
 
+def test_an_object_read_to_the_end_of_its_range_needs_no_closing(s3_options, tmp_path):
+    """A body read to the end of its range is at its end (its connection given back)
+    though no read has yet come back empty: closing it waits for nothing, so a
+    download's reader is let go without a worker thread. One left part-way is
+    closed on its client's loop, from a thread that is not on it."""
+    store = BlobStore(f"s3://{BUCKET}/{uuid.uuid4().hex}", s3_options, spool_dir=tmp_path / "spool")
+    key = store.put("att", BLOB)
+    whole, part = store.reader(key, 10, 110), store.reader(key, 0, None)
+    try:
+        assert whole.read(100) == BLOB[10:110] and part.read(10) == BLOB[:10]
+        assert whole._fh.closes_at_once()
+        assert not part._fh.closes_at_once()
+    finally:
+        whole.close_soon()  # no running loop needed: it is closed at once
+        part.close()
+    assert whole._fh.body is None and part._fh.body is None
+
+
 def test_reader_past_the_end_reads_nothing(store: BlobStore):
     key = store.put("att", BLOB)
     assert read_all(store.reader(key, len(BLOB) + 10)) == b""
