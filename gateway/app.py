@@ -24,6 +24,7 @@ from gateway import intake, openapi, websocket
 from gateway.files import FilesApi
 from gateway.services import Services
 from raymail import addresses, compose, skeleton
+from raymail import attachments as att
 from raymail import search as search_mod
 from raymail.errors import (
     ApiError,
@@ -287,7 +288,8 @@ class Api:
             bcc=[a.to_dict() for a in meta.bcc],
             headers=[[k, v] for k, v in parsed.headers],
             attachments=[{**r.to_dict(), "available": r.id not in missing} for r in meta.attachments]
-            or parsed.attachments,
+            # A message received before every attachment got its own blob lists them as parsed.
+            or [{**a, "filename": att.sanitize_filename(a["filename"])} for a in parsed.attachments],
         )
         return _json(out)
 

@@ -1,8 +1,9 @@
 """Storing a message that arrives as RFC 5322 bytes (import now, SMTP later).
 
-Attachment bodies are cut out into content-addressed blobs exactly as for
-uploads (see ``raymail.skeleton``), so a parsed message and a composed one look
-the same to the API, and the original bytes are rebuilt exactly.
+Each attachment is stored as a content-addressed blob exactly as an upload is,
+and its body cut out of the message where it can be rebuilt exactly (see
+``raymail.skeleton``): a parsed message and a composed one look the same to the
+API, and the original bytes are rebuilt exactly.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parseaddr
 
 from gateway.services import Services
@@ -31,18 +32,13 @@ INLINE_PARSE_BYTES = 64 * 1024  # smaller messages are parsed on the event loop:
 
 
 def _prepare(svc: Services, raw: bytes) -> tuple[bytes, tuple[AttachmentRef, ...], compose.Parsed]:
-    """Cut attachments out into their own blobs (stored here) and parse the text view;
-    returns the bytes to store for the message itself."""
+    """Store each attachment as its own blob, cut the ones that can be out of the
+    message, and parse the text view; returns the bytes to store for the message."""
     segments, found = skeleton.extract(raw)
     refs = []
-    it = iter(found)
-    out: list[skeleton.Segment] = []
-    for seg in segments:
-        if isinstance(seg, bytes):
-            out.append(seg)
-            continue
-        part = next(it)
-        key = svc.blobs.put("att", part.data)
+    keys = []
+    stored = svc.blobs.put_many("att", [part.data for part in found]) if found else []  # one batch, durable
+    for part, key in zip(found, stored, strict=True):
         sha = key.rsplit("/", 1)[1]
         try:
             ctype = attachments.normalize_content_type(part.content_type)
@@ -50,10 +46,13 @@ def _prepare(svc: Services, raw: bytes) -> tuple[bytes, tuple[AttachmentRef, ...
             ctype = "application/octet-stream"
         refs.append(AttachmentRef(id=uuid.uuid4().hex, sha256=sha, size=len(part.data), content_type=ctype,
                                   filename=attachments.sanitize_filename(part.filename), blob=key))
-        out.append(skeleton.BlobRef(key, len(part.data)))
-    stored = skeleton.pack(out) if refs else raw
-    parsed = compose.parse(skeleton.text_view(out) if refs else raw)
-    return stored, tuple(refs), parsed
+        if part.cut:
+            keys.append(key)
+    if not keys:  # every attachment (if any) stayed in the message: it is stored as it came
+        return raw, tuple(refs), compose.parse(raw)
+    it = iter(keys)
+    out = [seg if isinstance(seg, bytes) else replace(seg, key=next(it)) for seg in segments]
+    return skeleton.pack(out), tuple(refs), compose.parse(skeleton.text_view(out))
 
 
 async def store_raw(svc: Services, raw: bytes) -> Stored:

@@ -239,7 +239,9 @@ def _parse_full(raw: bytes) -> Parsed:
         html_part = msg.get_body(preferencelist=("html",))
         text = _content(text_part)
         html = _content(html_part) if html_part is not None else None
-        for part in msg.iter_attachments():
+        for part in msg.walk():  # the parts skeleton.extract stores as attachments
+            if not skeleton.is_attachment(part):
+                continue
             payload = part.get_payload(decode=True) or b""
             attachments.append(
                 {"filename": _safe(part.get_filename) or "", "content_type": part.get_content_type(), "size": len(payload)}

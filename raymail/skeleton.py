@@ -3,8 +3,12 @@
 A message with attachments is stored as a *skeleton*: its bytes with each
 attachment body cut out and replaced by a reference to the attachment's
 content-addressed blob. The same file in a thousand messages is stored once.
-Bodies are cut out only where the base64 text is exactly what we regenerate
-(76-character lines, CRLF), so the RFC 5322 source is rebuilt byte for byte.
+A body is cut out only where its base64 text is exactly what we regenerate from
+the reference (lines of one length, a multiple of 4, each ending CRLF or LF), so
+the RFC 5322 source is rebuilt byte for byte. Every other attachment (quoted-
+printable, 8bit, irregular lines, a few bytes) stays in the skeleton as it came,
+and its decoded bytes are stored as a blob too: the API serves each attachment
+of a received message the same way, whatever its encoding.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from email.parser import BytesParser
 import msgpack
 
 MAGIC = b"RMSKEL1\n"
+LINE_CHARS = 76  # base64 characters per line as we write them (RFC 2045's most)
+CRLF = b"\r\n"
 LINE_BYTES = 57  # decoded bytes per 76-character base64 line
 CHUNK_BYTES = LINE_BYTES * 18396  # about 1 MiB per read
 
@@ -28,35 +34,43 @@ CHUNK_BYTES = LINE_BYTES * 18396  # about 1 MiB per read
 class BlobRef:
     key: str
     size: int  # decoded bytes
+    line_chars: int = LINE_CHARS  # the body's base64 line length (a multiple of 4) ...
+    eol: bytes = CRLF  # ... and line end, as it came
 
 
 Segment = bytes | BlobRef
 
 
-def encoded_size(size: int) -> int:
-    full, rem = divmod(size, LINE_BYTES)
-    return full * 78 + ((rem + 2) // 3 * 4 + 2 if rem else 0)
+def encoded_size(size: int, line_chars: int = LINE_CHARS, eol: bytes = CRLF) -> int:
+    chars = (size + 2) // 3 * 4
+    return chars + -(-chars // line_chars) * len(eol)
 
 
-def encode_lines(data: bytes) -> bytes:
-    """base64 in 76-character lines, each ending CRLF (``len(data)`` a multiple of 57 but the last)."""
+def encode_lines(data: bytes, line_chars: int = LINE_CHARS, eol: bytes = CRLF) -> bytes:
+    """base64 in lines of ``line_chars`` characters, each ending ``eol`` (``len(data)`` a
+    multiple of ``line_chars // 4 * 3`` but the last)."""
     text = base64.b64encode(data)
-    return b"".join(text[i : i + 76] + b"\r\n" for i in range(0, len(text), 76))
+    return b"".join(text[i : i + line_chars] + eol for i in range(0, len(text), line_chars))
 
 
 def pack(segments: list[Segment]) -> bytes:
-    return MAGIC + msgpack.packb([s if isinstance(s, bytes) else [s.key, s.size] for s in segments], use_bin_type=True)
+    def item(s: BlobRef) -> list:
+        if (s.line_chars, s.eol) == (LINE_CHARS, CRLF):
+            return [s.key, s.size]
+        return [s.key, s.size, s.line_chars, s.eol]
+
+    return MAGIC + msgpack.packb([s if isinstance(s, bytes) else item(s) for s in segments], use_bin_type=True)
 
 
 def unpack(data: bytes) -> list[Segment] | None:
     """The segments of a skeleton; None when ``data`` is a plain message."""
     if not data.startswith(MAGIC):
         return None
-    return [s if isinstance(s, bytes) else BlobRef(s[0], s[1]) for s in msgpack.unpackb(data[len(MAGIC) :], raw=False)]
+    return [s if isinstance(s, bytes) else BlobRef(*s) for s in msgpack.unpackb(data[len(MAGIC) :], raw=False)]
 
 
 def raw_size(segments: list[Segment]) -> int:
-    return sum(len(s) if isinstance(s, bytes) else encoded_size(s.size) for s in segments)
+    return sum(len(s) if isinstance(s, bytes) else encoded_size(s.size, s.line_chars, s.eol) for s in segments)
 
 
 def text_view(segments: list[Segment]) -> bytes:
@@ -70,39 +84,46 @@ def iter_raw(segments: list[Segment], read: Callable[[str, int, int], bytes]) ->
         if isinstance(seg, bytes):
             yield seg
             continue
+        per_line = seg.line_chars // 4 * 3
+        chunk_bytes = max(1, CHUNK_BYTES // per_line) * per_line  # whole lines: each chunk encodes alone
         pos = 0
         while pos < seg.size:
-            chunk = read(seg.key, pos, min(CHUNK_BYTES, seg.size - pos))
+            chunk = read(seg.key, pos, min(chunk_bytes, seg.size - pos))
             if not chunk:
                 raise EOFError(f"blob {seg.key} ended after {pos} of {seg.size} bytes")
-            yield encode_lines(chunk)
+            yield encode_lines(chunk, seg.line_chars, seg.eol)
             pos += len(chunk)
 
 
 @dataclass(frozen=True, slots=True)
 class Extracted:
-    data: bytes
+    data: bytes  # decoded
     filename: str | None
     content_type: str
+    cut: bool = True  # cut out of the skeleton (a BlobRef placeholder stands for it), else left in
 
 
 def may_have_attachments(raw: bytes) -> bool:
-    """False when ``raw`` has no base64 part at all, so ``extract`` finds nothing."""
-    return b"base64" in raw.lower()  # a case-insensitive regex scan is ten times slower
+    """False when ``raw`` has no part that could be an attachment (none says
+    ``attachment`` or names a file), so ``extract`` finds nothing."""
+    low = raw.lower()  # a case-insensitive regex scan is ten times slower
+    return b"attachment" in low or b"name=" in low or b"name*" in low
 
 
 def extract(raw: bytes, min_bytes: int = 1024) -> tuple[list[Segment], list[Extracted]]:
-    """Cut canonical base64 attachment bodies out of ``raw``.
+    """Every attachment of ``raw``, decoded, and its skeleton.
 
-    Returns the segments, with a ``BlobRef(key="", size)`` placeholder for each
-    extracted body in order, and the bodies; the caller stores each body and
-    fills in the keys. Anything unusual stays inline, so rebuilding is exact.
+    Returns the segments, with a ``BlobRef(key="", size, ...)`` placeholder for each
+    body cut out, and the attachments in order (``cut`` says which have a
+    placeholder); the caller stores each one and fills in the keys. A body is cut
+    out when it is base64 of at least ``min_bytes`` in a layout ``iter_raw``
+    rebuilds exactly; anything else stays inline, so rebuilding is exact.
     """
-    if len(raw) < min_bytes or not may_have_attachments(raw):
-        return [raw], []  # nothing to cut out: skip the parse
+    if not may_have_attachments(raw):
+        return [raw], []  # nothing to find: skip the parse
     try:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-        parts = [p for p in msg.walk() if _is_attachment(p)]
+        parts = [p for p in msg.walk() if is_attachment(p)]
     except Exception:  # noqa: BLE001 - an unparsable message is kept whole
         return [raw], []
     segments: list[Segment] = []
@@ -112,32 +133,61 @@ def extract(raw: bytes, min_bytes: int = 1024) -> tuple[list[Segment], list[Extr
         body = part.get_payload()
         if not isinstance(body, str):
             continue
-        if not body.isascii():
+        cut = _exact_base64(part, body, min_bytes)
+        at = -1 if cut is None else raw.find(cut[1], pos)
+        if cut is None or at < 0:
+            try:
+                data = part.get_payload(decode=True) or b""
+            except Exception:  # noqa: BLE001 - a body the parser cannot decode is served as it came
+                data = body.encode("ascii", "surrogateescape")
+            found.append(Extracted(data, _filename(part), part.get_content_type(), cut=False))
             continue
-        # The parser leaves out the CRLF that ends the body (it belongs to the
-        # boundary line); the regenerated text ends with it, so cut it out too.
-        body_bytes = body.encode("ascii").rstrip(b"\r\n") + b"\r\n"
-        try:
-            data = base64.b64decode(body_bytes, validate=False)
-        except (binascii.Error, ValueError):
-            continue
-        if len(data) < min_bytes or encode_lines(data) != body_bytes:
-            continue  # small, or not our canonical form: keep inline
-        at = raw.find(body_bytes, pos)
-        if at < 0:
-            continue
+        ref, text, data = cut
         segments.append(raw[pos:at])
-        segments.append(BlobRef("", len(data)))
-        found.append(Extracted(data, part.get_filename(), part.get_content_type()))
-        pos = at + len(body_bytes)
+        segments.append(ref)
+        found.append(Extracted(data, _filename(part), part.get_content_type()))
+        pos = at + len(text)
     segments.append(raw[pos:])
     return [s for s in segments if not (isinstance(s, bytes) and not s)], found
 
 
-def _is_attachment(part: Message) -> bool:
+def _exact_base64(part: Message, body: str, min_bytes: int) -> tuple[BlobRef, bytes, bytes] | None:
+    """(placeholder, the body's text in ``raw``, decoded bytes) when ``body`` is base64
+    that ``iter_raw`` regenerates byte for byte from a placeholder; else None."""
+    if str(part.get("Content-Transfer-Encoding", "")).strip().lower() != "base64" or not body.isascii():
+        return None
+    text = body.encode("ascii")
+    lf = text.find(b"\n")
+    if lf <= 0:
+        return None  # one line, or none: not worth a layout of its own
+    eol = CRLF if text[lf - 1 : lf] == b"\r" else b"\n"
+    line_chars = lf - len(eol) + 1
+    if line_chars % 4:
+        return None  # a line would not encode a whole number of bytes
+    # The parser leaves out the line end that ends the body (it belongs to the
+    # boundary line); the regenerated text ends with it, so cut it out too.
+    text = text.rstrip(b"\r\n") + eol
+    try:
+        data = base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    if len(data) < min_bytes or encode_lines(data, line_chars, eol) != text:
+        return None  # small, or lines of other lengths: kept inline
+    return BlobRef("", len(data), line_chars, eol), text, data
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        return part.get_filename()
+    except Exception:  # noqa: BLE001 - a hostile parameter is no name
+        return None
+
+
+def is_attachment(part: Message) -> bool:
+    """A part that is a file of its own: not multipart, and either ``Content-
+    Disposition: attachment`` or named and not ``inline`` (an inline image that a
+    body shows is part of the body)."""
     if part.is_multipart():
         return False
-    if str(part.get("Content-Transfer-Encoding", "")).strip().lower() != "base64":
-        return False
     disposition = str(part.get("Content-Disposition", "")).split(";", 1)[0].strip().lower()
-    return disposition == "attachment" or (disposition != "inline" and part.get_filename() is not None)
+    return disposition == "attachment" or (disposition != "inline" and _filename(part) is not None)

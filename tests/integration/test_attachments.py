@@ -7,6 +7,7 @@ import base64
 import email
 import hashlib
 import os
+import quopri
 import uuid
 from email import policy
 from urllib.parse import quote
@@ -439,6 +440,59 @@ async def test_import_extracts_attachments_and_keeps_the_bytes(storage_app):
         before = att_objects(app)
         again = await c.post("/v1/import", content=raw, headers={"Content-Type": "message/rfc822"})
         assert again.status_code == 201 and att_objects(app) == before  # the file is stored once
+
+
+def _mime_from_other_mailers() -> tuple[bytes, dict[str, bytes]]:
+    """A message as other mailers write them, LF line ends as in a saved file:
+    base64 wrapped at 72 characters, a quoted-printable CSV, a tiny 8bit file with a
+    hostile name, and an inline image the HTML shows (part of the body)."""
+    pdf = os.urandom(30_000)
+    csv = "name,city\nZoë,Zürich\n".encode() * 200
+    note = b"tiny"
+    b64 = base64.b64encode(pdf)
+    wrapped = b"\n".join(b64[i : i + 72] for i in range(0, len(b64), 72))
+    qp = quopri.encodestring(csv).rstrip(b"\n")  # the last line end belongs to the boundary
+    logo = base64.encodebytes(os.urandom(5_000))
+    raw = b"\n".join([
+        b"From: Zed <zed@elsewhere.test>", b"To: someone@example.test", b"Subject: from elsewhere",
+        b"Message-ID: <other@elsewhere.test>", b"MIME-Version: 1.0",
+        b'Content-Type: multipart/mixed; boundary="XX"', b"", b"--XX",
+        b"Content-Type: text/html; charset=utf-8", b"", b"<p>see <img src='cid:logo'></p>", b"--XX",
+        b"Content-Type: image/png", b"Content-ID: <logo>", b'Content-Disposition: inline; filename="logo.png"',
+        b"Content-Transfer-Encoding: base64", b"", logo.rstrip(b"\n"), b"--XX",
+        b'Content-Type: application/pdf; name="report.pdf"', b"Content-Transfer-Encoding: base64", b"", wrapped,
+        b"--XX", b"Content-Type: text/csv; charset=utf-8", b'Content-Disposition: attachment; filename="cities.csv"',
+        b"Content-Transfer-Encoding: quoted-printable", b"", qp, b"--XX",
+        b"Content-Type: application/octet-stream", b'Content-Disposition: attachment; filename="../../etc/passwd"',
+        b"Content-Transfer-Encoding: 8bit", b"", note, b"--XX--", b"",
+    ])
+    return raw, {"report.pdf": pdf, "cities.csv": quopri.decodestring(qp), "passwd": note}
+
+
+async def test_every_attachment_of_a_received_message_is_served_whatever_its_encoding(storage_app):
+    """Each attachment of a message from elsewhere gets an id, a blob and its decoded
+    bytes, as an uploaded one does; the message's source stays byte for byte."""
+    app = storage_app
+    alice, bob = app.user(), app.user()
+    raw, files = _mime_from_other_mailers()
+    async with app.client(alice["token"]) as c:
+        before = att_objects(app)
+        r = await c.post("/v1/import", content=raw, headers={"Content-Type": "message/rfc822"})
+        assert r.status_code == 201, r.text
+        assert r.json()["has_attachments"] is True
+        full = (await c.get(f"/v1/emails/{r.json()['id']}")).json()
+        listed = {a["filename"]: a for a in full["attachments"]}
+        assert sorted(listed) == sorted(files)  # the inline image is the body's; the hostile name is cut to its last part
+        for name, data in files.items():
+            a = listed[name]
+            assert (a["size"], a["sha256"], a["available"]) == (len(data), hashlib.sha256(data).hexdigest(), True)
+            got = await c.get(f"/v1/attachments/{a['id']}")
+            assert got.status_code == 200 and got.content == data, name
+        assert listed["cities.csv"]["content_type"] == "text/csv"
+        assert len(att_objects(app) - before) == 3
+        assert (await c.get(f"/v1/emails/{r.json()['id']}/raw")).content == raw  # byte for byte
+    async with app.client(bob["token"]) as c:
+        assert (await c.get(f"/v1/attachments/{listed['report.pdf']['id']}")).status_code == 404
 
 
 @pytest.mark.parametrize("raw", [b"\x00\xff garbage without headers", b"Subject: =?broken?=\r\nMessage-ID: <\r\n\r\nbody",

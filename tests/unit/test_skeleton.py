@@ -8,6 +8,7 @@ import quopri
 import random
 from dataclasses import replace
 
+import msgpack
 import pytest
 
 from raymail import compose, skeleton
@@ -53,6 +54,21 @@ def test_encoded_size_matches_encode_lines(size):
     assert skeleton.encoded_size(size) == len(skeleton.encode_lines(bytes(size)))
 
 
+LAYOUTS = [(76, b"\r\n"), (76, b"\n"), (64, b"\r\n"), (72, b"\n"), (4, b"\r\n"), (1000, b"\n")]
+
+
+@pytest.mark.parametrize("line_chars, eol", LAYOUTS)
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 47, 48, 49, 54, 57, 58, 749, 750, 751, 5000])
+def test_other_layouts_encode_to_lines_of_their_length(line_chars, eol, size):
+    data = data_of(size)
+    text = skeleton.encode_lines(data, line_chars, eol)
+    assert len(text) == skeleton.encoded_size(size, line_chars, eol)
+    assert base64.b64decode(text) == data
+    if size:
+        lines = text[: -len(eol)].split(eol)
+        assert all(len(line) == line_chars for line in lines[:-1]) and 0 < len(lines[-1]) <= line_chars
+
+
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 56, 57, 58, 113, 114, 115, 1000, 57 * 40 + 5])
 def test_encode_lines_is_canonical_mime_base64(size):
     data = data_of(size)
@@ -85,6 +101,7 @@ def test_encode_lines_is_canonical_mime_base64(size):
         [BlobRef("k\u00fc\u65e5", 3), BlobRef("k", 4)],
         [b"\x00\xff" * 5000, BlobRef("", 7)],
         [MAGIC, b"nested magic"],
+        [b"h", BlobRef("k1", 10, 64, b"\n"), BlobRef("k2", 10, 72, b"\r\n"), BlobRef("k3", 10)],
     ],
 )
 def test_pack_unpack_round_trip(segments):
@@ -106,6 +123,14 @@ def test_pack_unpack_round_trip(segments):
 )
 def test_unpack_of_a_plain_message_is_none(data):
     assert skeleton.unpack(data) is None
+
+
+def test_a_skeleton_of_the_canonical_layout_packs_as_it_always_did():
+    """Skeletons stored before other layouts were cut out still read, and the
+    canonical layout (most of them) takes no more room than it did."""
+    old = MAGIC + msgpack.packb([b"head", ["att/aa/k", 5000], b"tail"], use_bin_type=True)
+    assert skeleton.unpack(old) == [b"head", BlobRef("att/aa/k", 5000, 76, b"\r\n"), b"tail"]
+    assert skeleton.pack(skeleton.unpack(old)) == old
 
 
 def test_raw_size_and_text_view():
@@ -142,6 +167,21 @@ def test_iter_raw_reads_large_blobs_in_bounded_chunks(size):
     assert all(length <= CHUNK_BYTES for _, _, length in blobs.reads)
     assert [start for _, start, _ in blobs.reads] == list(range(0, size, CHUNK_BYTES))
     assert sum(length for _, _, length in blobs.reads) == size
+
+
+@pytest.mark.parametrize("line_chars, eol", LAYOUTS)
+def test_iter_raw_rebuilds_other_layouts_across_chunks(line_chars, eol):
+    """Each chunk read is whole lines of its layout, so the chunks' encodings join
+    into the body as it came."""
+    blobs = Blobs()
+    size = 2 * CHUNK_BYTES + 1001
+    data = data_of(size, 7)
+    key = blobs.put(data)
+    segments = [b"head\n", BlobRef(key, size, line_chars, eol), b"tail"]
+    out = blobs.rebuild(segments)
+    assert out == b"head\n" + skeleton.encode_lines(data, line_chars, eol) + b"tail"
+    assert len(out) == skeleton.raw_size(segments)
+    assert len(blobs.reads) == 3 and all(length <= CHUNK_BYTES for _, _, length in blobs.reads)
 
 
 def test_iter_raw_of_an_empty_blob_reads_nothing():
@@ -209,8 +249,8 @@ FILES = [
 
 
 def refill(segments, found, blobs: Blobs):
-    """Store each extracted body and put its key into the placeholder, as the caller does."""
-    keys = iter([blobs.put(f.data) for f in found])
+    """Store each body cut out and put its key into its placeholder, as the caller does."""
+    keys = iter([blobs.put(f.data) for f in found if f.cut])
     return [replace(s, key=next(keys)) if isinstance(s, BlobRef) else s for s in segments]
 
 
@@ -224,7 +264,8 @@ def test_extract_cuts_out_exactly_the_large_attachments_and_rebuilds_exactly(htm
     segments, found = skeleton.extract(raw, min_bytes=1024)
 
     big = [f for f in FILES if len(f[0]) >= 1024]
-    assert [(f.data, f.filename, f.content_type) for f in found] == big
+    assert [(f.data, f.filename, f.content_type) for f in found] == FILES  # every attachment, decoded
+    assert [f.cut for f in found] == [len(f[0]) >= 1024 for f in FILES]
     refs = [s for s in segments if isinstance(s, BlobRef)]
     assert [r.size for r in refs] == [len(f[0]) for f in big]
     assert all(r.key == "" for r in refs)
@@ -295,29 +336,70 @@ def attachment(body: bytes, cte: bytes = b"base64", disposition: bytes | None = 
     return part(headers, body)
 
 
+QP_DATA = BIG.replace(b"\r", b"").replace(b"\n", b"")  # no line breaks: decoded as they were
+QP_BODY = quopri.encodestring(QP_DATA).replace(b"\n", b"\r\n") + b"\r\n"
+
+# Attachments whose bodies iter_raw could not regenerate exactly: left in the
+# message as they came, and found all the same (decoded, for their own blobs).
 KEPT_INLINE = {
-    "base64-64-char-lines": mixed(TEXT, attachment(b64_lines(BIG, 64))),
-    "base64-lf-lines": mixed(TEXT, attachment(skeleton.encode_lines(BIG)), eol=b"\n"),
-    "base64-no-line-breaks": mixed(TEXT, attachment(base64.b64encode(BIG) + b"\r\n")),
-    "quoted-printable-attachment": mixed(
-        TEXT, attachment(quopri.encodestring(BIG).replace(b"\n", b"\r\n") + b"\r\n", cte=b"quoted-printable")
-    ),
-    "binary-cte": mixed(TEXT, attachment(b"x" * 4000 + b"\r\n", cte=b"8bit")),
+    "base64-no-line-breaks": (mixed(TEXT, attachment(base64.b64encode(BIG) + b"\r\n")), BIG),
+    "base64-lines-of-several-lengths": (
+        mixed(TEXT, attachment(b64_lines(BIG[:1200], 64) + b64_lines(BIG[1200:], 76))), BIG),
+    "base64-lines-not-a-multiple-of-4": (mixed(TEXT, attachment(b64_lines(BIG, 70))), BIG),
+    "quoted-printable-attachment": (mixed(TEXT, attachment(QP_BODY, cte=b"quoted-printable")), QP_DATA),
+    "8bit-attachment": (mixed(TEXT, attachment(b"x" * 4000 + b"\r\n", cte=b"8bit")), b"x" * 4000),
+    "7bit-text-attachment": (
+        mixed(TEXT, attachment(b"line one\r\nline two\r\n", cte=b"7bit", ctype=b"text/plain")),
+        b"line one\r\nline two"),
+    "tiny-attachment": (mixed(TEXT, attachment(skeleton.encode_lines(b"tiny file"))), b"tiny file"),
+    "just-below-min": (mixed(TEXT, attachment(skeleton.encode_lines(BIG[:1023]))), BIG[:1023]),
+    "non-ascii-in-body": (
+        mixed(TEXT, attachment(skeleton.encode_lines(BIG)[:-2] + "é".encode() + b"\r\n")), None),
+    "invalid-base64": (mixed(TEXT, attachment(b"!!!!" * 1000 + b"\r\n")), None),
+}
+
+
+@pytest.mark.parametrize("raw, data", list(KEPT_INLINE.values()), ids=list(KEPT_INLINE))
+def test_extract_keeps_unusual_bodies_inline_and_finds_them(raw, data):
+    segments, found = skeleton.extract(raw, min_bytes=1024)
+    assert segments == [raw]
+    (f,) = found
+    assert (f.filename, f.cut) == ("f.bin", False)
+    if data is not None:  # what the mail's own decoder makes of it
+        assert f.data == data
+
+
+NOT_ATTACHMENTS = {
     "inline-image": mixed(
         TEXT,
         attachment(skeleton.encode_lines(BIG), disposition=b'inline; filename="logo.png"', ctype=b"image/png"),
     ),
     "base64-body-without-filename": mixed(attachment(skeleton.encode_lines(BIG), disposition=None)),
-    "tiny-attachment": mixed(TEXT, attachment(skeleton.encode_lines(b"tiny file"))),
-    "just-below-min": mixed(TEXT, attachment(skeleton.encode_lines(BIG[:1023]))),
-    "non-ascii-in-body": mixed(TEXT, attachment(skeleton.encode_lines(BIG)[:-2] + "é".encode() + b"\r\n")),
-    "invalid-base64": mixed(TEXT, attachment(b"!!!!" * 1000 + b"\r\n")),
+    "text-only": mixed(TEXT),
 }
 
 
-@pytest.mark.parametrize("raw", list(KEPT_INLINE.values()), ids=list(KEPT_INLINE))
-def test_extract_keeps_unusual_bodies_inline(raw):
+@pytest.mark.parametrize("raw", list(NOT_ATTACHMENTS.values()), ids=list(NOT_ATTACHMENTS))
+def test_extract_leaves_parts_that_are_not_attachments(raw):
     assert skeleton.extract(raw, min_bytes=1024) == ([raw], [])
+
+
+@pytest.mark.parametrize("line_chars, eol", [(64, b"\r\n"), (72, b"\r\n"), (76, b"\n"), (64, b"\n"), (4, b"\r\n")])
+def test_extract_cuts_out_base64_in_other_regular_layouts(line_chars, eol):
+    """Other mailers wrap base64 at 64 or 72 characters, and a message saved to a
+    file has LF line ends: cut out all the same, and rebuilt byte for byte."""
+    body = skeleton.encode_lines(BIG, line_chars, eol)
+    raw = mixed(TEXT.replace(b"\r\n", eol), attachment(body).replace(b"\r\n", eol) if eol == b"\n"
+                else attachment(body), eol=eol)
+    segments, found = skeleton.extract(raw, min_bytes=1024)
+    assert [(f.data, f.cut) for f in found] == [(BIG, True)]
+    (ref,) = [s for s in segments if isinstance(s, BlobRef)]
+    assert (ref.size, ref.line_chars, ref.eol) == (len(BIG), line_chars, eol)
+    blobs = Blobs()
+    filled = refill(segments, found, blobs)
+    assert skeleton.raw_size(filled) == len(raw)
+    assert blobs.rebuild(filled) == raw
+    assert blobs.rebuild(skeleton.unpack(skeleton.pack(filled))) == raw
 
 
 @pytest.mark.parametrize(
@@ -349,7 +431,8 @@ def test_extract_mixes_kept_and_cut_parts_and_rebuilds_exactly():
         attachment(skeleton.encode_lines(b"small"), disposition=b'attachment; filename="s.txt"'),
     )
     segments, found = skeleton.extract(raw, min_bytes=1024)
-    assert [(f.data, f.filename) for f in found] == [(other, "b.bin")]
+    assert [(f.data, f.filename, f.cut) for f in found] == [(BIG, "f.bin", True), (other, "b.bin", True),
+                                                            (b"small", "s.txt", False)]  # the inline image is none
     blobs = Blobs()
     assert blobs.rebuild(refill(segments, found, blobs)) == raw
 
