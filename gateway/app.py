@@ -495,6 +495,11 @@ def build_app(svc: Services):
         headers = {}
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(max(1, int(exc.retry_after_s + 0.999)))
+        if isinstance(exc, PayloadTooLarge):
+            # The rest of a body refused for its size is not read on: the connection
+            # closes after the answer (a client sending more gets a reset; curl and
+            # browsers read the answer first).
+            headers["Connection"] = "close"
         return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
 
     async def internal_error(request: Request, exc: Exception) -> Response:

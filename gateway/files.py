@@ -7,9 +7,12 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -51,6 +54,92 @@ def _created(ref: AttachmentRef) -> Response:
     return _json(ref.to_dict(), 201)
 
 
+FORM_FIELDS_BYTES = 64 * 1024  # a form's parts other than its file, in all
+
+
+class FormFile:
+    """The first file of a ``multipart/form-data`` body (RFC 7578), read as the body
+    arrives: its bytes go on to storage as they come, hashed and held to the size
+    limit on the way, with no temporary copy; the form's other parts (at most
+    ``FORM_FIELDS_BYTES``) are read and dropped."""
+
+    def __init__(self, request: Request) -> None:
+        _, params = parse_options_header(request.headers.get("content-type", ""))
+        if not params.get(b"boundary"):
+            raise BadRequest("the multipart/form-data body has no boundary parameter in its Content-Type")
+        self._body = request.stream().__aiter__()
+        self._events: deque[tuple[str, object]] = deque()  # what the parser found in the latest chunk
+        self._other = 0
+        self._headers: dict[bytes, bytes] = {}
+        self._name = self._value = b""
+        self._parser = MultipartParser(params[b"boundary"], callbacks={
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, start, end: self._add_name(data[start:end]),
+            "on_header_value": lambda data, start, end: self._add_value(data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": lambda: self._events.append(("part", self._headers)),
+            "on_part_data": lambda data, start, end: self._events.append(("data", bytes(data[start:end]))),
+            "on_part_end": lambda: self._events.append(("end", None)),
+            "on_end": lambda: self._events.append(("done", None)),
+        })
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+
+    def _add_name(self, piece: bytes) -> None:
+        self._name += piece
+
+    def _add_value(self, piece: bytes) -> None:
+        self._value += piece
+        if len(self._value) > 8192:
+            raise BadRequest("a part's header in the multipart body is longer than 8 KiB")
+
+    def _header_end(self) -> None:
+        self._headers[self._name.lower()] = self._value
+        self._name = self._value = b""
+
+    async def _next(self) -> tuple[str, object]:
+        while not self._events:
+            try:
+                chunk = await self._body.__anext__()
+            except StopAsyncIteration:
+                raise BadRequest("the multipart body ended before its closing boundary") from None
+            try:
+                self._parser.write(chunk)
+            except MultipartParseError as exc:
+                raise BadRequest(f"the multipart body could not be read: {exc}") from None
+        return self._events.popleft()
+
+    def _skip(self, data: bytes) -> None:
+        self._other += len(data)
+        if self._other > FORM_FIELDS_BYTES:
+            raise PayloadTooLarge(f"the form's fields other than its file are limited to {FORM_FIELDS_BYTES} bytes")
+
+    async def open(self) -> tuple[str | None, str]:
+        """Reads up to the first file's part: (its filename, its Content-Type)."""
+        while True:
+            kind, value = await self._next()
+            if kind == "done":
+                raise Unprocessable("the form has no file field", code="no_file")
+            if kind == "data":
+                self._skip(value)
+            elif kind == "part":
+                _, options = parse_options_header(value.get(b"content-disposition", b"").decode("latin-1"))
+                if b"filename" in options:  # browsers send it as UTF-8
+                    ctype = value.get(b"content-type", b"").decode("latin-1")
+                    return options[b"filename"].decode("utf-8", errors="replace"), ctype
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes as they arrive, then the rest of the form, dropped: an
+        upload is kept only from a whole, well-formed body."""
+        while (event := await self._next())[0] != "end":
+            if event[0] == "data":
+                yield event[1]
+        while (event := await self._next())[0] != "done":
+            if event[0] == "data":
+                self._skip(event[1])
+
+
 class FilesApi:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -78,27 +167,13 @@ class FilesApi:
         return _created(ref)
 
     async def _upload_form(self, request: Request, user: User) -> Response:
+        form = FormFile(request)
+        filename, ctype_header = await form.open()
         try:
-            form = await request.form(max_files=1, max_fields=8)
-        except Exception as exc:  # noqa: BLE001 - the multipart parser's errors
-            raise BadRequest(f"the multipart body could not be read: {exc}") from None
-        try:
-            files = [v for v in form.values() if hasattr(v, "read")]
-            if not files:
-                raise Unprocessable("the form has no file field", code="no_file")
-            upload = files[0]
-            try:
-                content_type = att.normalize_content_type(upload.content_type or "application/octet-stream")
-            except att.AttachmentError as exc:
-                raise Unprocessable(str(exc), code="invalid_content_type") from None
-
-            async def chunks() -> AsyncIterator[bytes]:
-                while chunk := await upload.read(WRITE_BUFFER_BYTES):
-                    yield chunk
-
-            ref = await self._store(user, chunks(), content_type, att.sanitize_filename(upload.filename))
-        finally:
-            await form.close()
+            content_type = att.normalize_content_type(ctype_header or "application/octet-stream")
+        except att.AttachmentError as exc:
+            raise Unprocessable(str(exc), code="invalid_content_type") from None
+        ref = await self._store(user, form.chunks(), content_type, att.sanitize_filename(filename))
         return _created(ref)
 
     async def _store(self, user: User, body: AsyncIterator[bytes], content_type: str, filename: str,

@@ -12,6 +12,7 @@ import uuid
 from email import policy
 from urllib.parse import quote
 
+import httpx
 import pytest
 from conftest import start_app, storage_of
 
@@ -126,6 +127,86 @@ async def test_multipart_form_upload(storage_app):
         r = await c.post("/v1/attachments", files={"file": ("notes.txt", b"hello world\n" * 100, "text/plain")})
         assert r.status_code == 201, r.text
         assert r.json()["filename"] == "notes.txt" and r.json()["size"] == 1200
+        data = os.urandom(1_500_000)  # past a local store's memory: streamed to storage in pieces
+        r = await c.post("/v1/attachments", data={"note": "a field before the file"},
+                         files={"file": ("résumé ../x.pdf", data, "application/pdf")})
+        assert r.status_code == 201, r.text
+        assert (r.json()["filename"], r.json()["content_type"]) == ("x.pdf", "application/pdf")
+        assert (await c.get(f"/v1/attachments/{r.json()['id']}")).content == data
+
+
+@pytest.mark.parametrize("form", [True, False], ids=["form", "raw"])
+async def test_an_upload_over_the_limit_is_refused_while_it_arrives(storage_app, form):
+    """An upload goes to storage as it arrives (a form's file too), so one past the
+    limit is refused then, not once all of it was received into a temporary file,
+    and the connection closes rather than read on: an endless chunked body ends."""
+    app = storage_app
+    alice = app.user()
+    before = att_objects(app)
+    sent = 0
+
+    async def endless():
+        nonlocal sent
+        if form:
+            yield b'--B0UND\r\nContent-Disposition: form-data; name="file"; filename="huge.bin"\r\n\r\n'
+        piece = b"x" * 65536
+        for _ in range(1024):  # 64 MiB, unless refused before
+            sent += len(piece)
+            yield piece
+
+    async with app.client(alice["token"]) as c:
+        try:
+            r = await c.post("/v1/attachments", content=endless(),
+                             headers={"Content-Type": FORM if form else "application/octet-stream"})
+            assert r.status_code == 413, r.text
+        except httpx.TransportError:
+            pass  # the connection was closed under the rest of the body: refused all the same
+    assert sent < 16 * 1024 * 1024, f"{sent} bytes were taken in before the refusal"
+    assert att_objects(app) == before and not storage_of(app).list("tmp")
+
+
+def form_body(*parts: tuple[bytes, bytes], boundary: bytes = b"B0UND") -> bytes:
+    """A multipart/form-data body of (Content-Disposition parameters, content) parts."""
+    out = b"".join(b"--" + boundary + b"\r\nContent-Disposition: form-data; " + params + b"\r\n\r\n" + data + b"\r\n"
+                   for params, data in parts)
+    return out + b"--" + boundary + b"--\r\n"
+
+
+FORM = "multipart/form-data; boundary=B0UND"
+LIMIT = 2 * 1024 * 1024  # storage_app's attachment limit
+
+
+async def _chunked(data: bytes, size: int = 256 * 1024):
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@pytest.mark.parametrize(
+    "body, ctype, status, code",
+    [
+        (form_body((b'name="file"; filename="big.bin"', b"x" * (LIMIT + 1))), FORM, 413, "too_large"),
+        (form_body((b'name="file"; filename="empty.txt"', b"")), FORM, 422, "empty_upload"),
+        (form_body((b'name="note"', b"no file here")), FORM, 422, "no_file"),
+        (form_body((b'name="note"', b"n" * 70_000), (b'name="file"; filename="a.txt"', b"abc")), FORM, 413,
+         "too_large"),
+        (form_body((b'name="file"; filename="a.txt"', b"abc" * 1000))[:-12], FORM, 400, "bad_request"),
+        (form_body((b'name="file"; filename="a.txt"', b"abc")), "multipart/form-data", 400, "bad_request"),
+    ],
+    ids=["file-over-the-limit", "empty-file", "no-file", "fields-too-large", "cut-short", "no-boundary"],
+)
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+async def test_bad_form_uploads(storage_app, body, ctype, status, code, chunked):
+    """A form is refused as its body arrives, whether or not it says its length (a
+    chunked one cannot be refused up front): nothing kept, nothing left behind."""
+    app = storage_app
+    alice = app.user()
+    before = att_objects(app)
+    async with app.client(alice["token"]) as c:
+        r = await c.post("/v1/attachments", content=_chunked(body) if chunked else body,
+                         headers={"Content-Type": ctype})
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["code"] == code
+    assert att_objects(app) == before and not storage_of(app).list("tmp")
 
 
 @pytest.mark.parametrize(
