@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 
@@ -49,6 +50,50 @@ class Relay:
 
     def close(self) -> None:
         self.srv.close()
+
+
+class Switch(Relay):
+    """A relay that can be switched off, as a network path to a store that dies:
+    every connection it carries is reset and new ones are refused until it is on
+    again. The store behind it keeps what it holds."""
+
+    def __init__(self, upstream: str) -> None:
+        self.on = True
+        self._live: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        super().__init__(upstream)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.srv.accept()
+            except OSError:
+                return
+            if not self.on:
+                _reset(client)
+                continue
+            server = socket.create_connection(self.upstream)
+            with self._lock:
+                self._live |= {client, server}
+            threading.Thread(target=self._relay, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._relay, args=(server, client, False), daemon=True).start()
+
+    def switch_off(self) -> None:
+        self.on = False
+        with self._lock:
+            live, self._live = self._live, set()
+        for s in live:
+            _reset(s)
+
+    def switch_on(self) -> None:
+        self.on = True
+
+
+def _reset(s: socket.socket) -> None:
+    """Close with a reset (no orderly end), as when a network path dies."""
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
 
 
 class PacedLink(Relay):

@@ -10,13 +10,14 @@ import os
 import quopri
 import uuid
 from email import policy
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 from conftest import start_app, storage_of
 
-from raymail.store.blobs import UPLOAD_PART_BYTES
+from raymail.store.blobs import UPLOAD_PART_BYTES, BlobStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(150_000)
 
@@ -426,47 +427,87 @@ async def test_blob_deleted_under_a_referenced_message(storage_app):
         assert (await c.get(f"/v1/attachments/{a['id']}")).content == data
 
 
-async def test_storage_unavailable_mid_upload_then_retry(ray_cluster, tmp_path):
+@pytest.mark.parametrize("backend, declared", [("file", False), ("s3", False), ("s3", True)],
+                         ids=["file", "s3", "s3-declared-digest"])
+async def test_storage_unavailable_mid_upload_then_retry(ray_cluster, tmp_path, backend, declared):
+    """Storage fails while an upload arrives: 503, no blob and no temporary file
+    left, the upload's record withdrawn; once storage is back, the same upload is
+    stored. On S3 the store's path dies (a relay switched off) while the store keeps
+    its objects; a declared digest has the PUT already under way when it dies. On
+    file:// the blobs' folder cannot be written (it was made a file)."""
     from conftest import MotoServer, start_app
+    from relay import Switch
 
-    server = MotoServer()
-    url = server.bucket("flaky")
-    app = start_app(tmp_path, storage={"url": url, "options": server.options})
+    server = switch = None
+    if backend == "s3":
+        server = MotoServer()
+        url = server.bucket("flaky")
+        switch = Switch(server.endpoint)
+        storage = {"url": url, "options": {**server.options, "endpoint_url": switch.endpoint}}
+        check = BlobStore(url, server.options)  # straight to the store, not through the switch
+    else:
+        storage = {"url": f"file://{tmp_path / 'blobs'}"}
+        check = BlobStore(storage["url"])
+    app = start_app(tmp_path, storage=storage)
+    att_dir = Path(check.root) / "att"
     try:
         alice = app.user()
         data = os.urandom(12 * 1024 * 1024)
+        sha = hashlib.sha256(data).hexdigest()
+        key = f"att/{sha[:2]}/{sha}"
+
+        def fail() -> None:
+            if switch is not None:
+                switch.switch_off()
+            else:
+                att_dir.mkdir(parents=True, exist_ok=True)
+                att_dir.rename(att_dir.with_name("att-away"))
+                att_dir.write_bytes(b"not a folder")
+
+        def recover() -> None:
+            if switch is not None:
+                switch.switch_on()
+            else:
+                att_dir.unlink()
+                att_dir.with_name("att-away").rename(att_dir)
 
         async def body():
             for i in range(0, len(data), 1024 * 1024):
                 if i == 9 * 1024 * 1024:
-                    server.stop()  # the object store goes away mid-upload
+                    fail()  # mid-upload
                 yield data[i : i + 1024 * 1024]
 
+        headers = {"Content-Type": "application/zip"}
+        if declared:
+            headers |= {"Content-Digest": content_digest(data), "Content-Length": str(len(data))}
         async with app.client(alice["token"]) as c:
-            r = await c.post("/v1/attachments", content=body(), headers={"Content-Type": "application/zip"})
+            r = await c.post("/v1/attachments", content=body(), headers=headers)
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "unavailable"
-        # The upload was recorded while its blob was being sent; the record is withdrawn.
+        recover()
+        assert not check.exists(key) and not check.list("tmp")  # no blob, not even part of one
+        spool = app.config.data_path / "spool"
+        assert not [p for p in spool.rglob("*") if p.is_file()], "a spooled upload was left behind"
+        # The upload was recorded while its blob was being written; the record is withdrawn.
         from pipelines.gc import referenced_keys
 
-        key = f"att/{hashlib.sha256(data).hexdigest()[:2]}/{hashlib.sha256(data).hexdigest()}"
         for _ in range(50):
             if key not in referenced_keys(app.config.cluster.namespace, app.config.cluster.shards):
                 break
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the failed upload stayed recorded")
-        # The store comes back (empty: moto keeps objects in memory) and a retry works.
-        server.restart()
-        server.bucket("flaky")
-        r = await upload(app, alice["token"], data, ctype="application/zip")
-        assert r.status_code == 201
-        store = storage_of(app)
-        assert [k for k, _, _ in store.list("att")] == [f"att/{r.json()['sha256'][:2]}/{r.json()['sha256']}"]
-        assert not store.list("tmp")
+        before = {k for k, _, _ in check.list("att")}
+        r = await upload(app, alice["token"], data, ctype="application/zip")  # storage is back: a retry works
+        assert r.status_code == 201 and r.json()["sha256"] == sha
+        assert {k for k, _, _ in check.list("att")} - before == {key}
+        async with app.client(alice["token"]) as c:
+            assert (await c.get(f"/v1/attachments/{r.json()['id']}")).content == data
     finally:
         app.deployment.stop()
-        server.stop()
+        if server is not None:
+            switch.close()
+            server.stop()
 
 
 def _mime_with_attachment(data: bytes) -> bytes:
