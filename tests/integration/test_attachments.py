@@ -392,6 +392,51 @@ async def test_upload_over_the_limit_stores_nothing(storage_app):
     assert att_objects(app) == before and not storage_of(app).list("tmp")
 
 
+async def test_a_declared_length_over_the_limit_is_refused_before_the_body(storage_app):
+    """Content-Length past the limit: 413 at once, before any of the body is sent,
+    and the connection closes (a client need not send 10 GiB to learn it)."""
+    app = storage_app
+    alice = app.user()
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    try:
+        writer.write(b"POST /v1/attachments HTTP/1.1\r\nHost: raymail\r\nAuthorization: Bearer "
+                     + alice["token"].encode() + b"\r\nContent-Type: application/zip\r\n"
+                     b"Content-Length: 10737418240\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)  # to the end: the server closes
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"connection: close" in head.lower(), head
+    assert b'"too_large"' in body and b"limited to 2097152 bytes" in body
+
+
+async def test_an_upload_over_the_default_limit_stores_nothing_on_s3(s3_app):
+    """Past the default 25 MiB, the upload spooled (past what is kept in memory), with
+    and without a declared digest: 413, nothing stored, no spool file left."""
+    app = s3_app
+    alice = app.user()
+    limit = app.config.limits.max_attachment_bytes
+    assert limit == 25 * 1024 * 1024
+    big = os.urandom(limit + 1)
+    before = att_objects(app)
+
+    async def chunked():
+        for i in range(0, len(big), 1024 * 1024):
+            yield big[i : i + 1024 * 1024]
+
+    async with app.client(alice["token"]) as c:
+        r = await c.post("/v1/attachments", content=chunked(), headers={"Content-Type": "application/zip"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text
+        # Declaring a digest changes nothing: refused when the bytes pass the limit.
+        r = await c.post("/v1/attachments", content=chunked(), headers={
+            "Content-Type": "application/zip", "Content-Digest": content_digest(big[:limit])})
+        assert r.status_code == 413, r.text
+    await asyncio.sleep(0.5)  # a PUT cut off would have landed by now
+    assert att_objects(app) == before and not storage_of(app).list("tmp")
+    assert not [p for p in (app.config.data_path / "spool").rglob("*") if p.is_file()]
+
+
 async def test_message_over_the_limit_with_attachments(storage_app):
     app = storage_app
     alice, bob = app.user(), app.user()
