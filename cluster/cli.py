@@ -109,6 +109,28 @@ def cmd_storage_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_query(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from pipelines.catalog import query
+
+    try:
+        columns, rows = query(cfg, args.sql)
+    except ValueError as exc:
+        print(f"raymail: the query failed: {exc}", file=sys.stderr)
+        return 2
+    except RaymailError as exc:
+        print(f"raymail: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([dict(zip(columns, row)) for row in rows], default=str))
+        return 0
+    cells = [columns] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
 def _join(cfg: config_mod.Config) -> bool:
     """Join the running Ray cluster of this raymail; says why on stderr when it cannot."""
     import ray
@@ -132,8 +154,15 @@ def cmd_storage_gc(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
 
-    if args.grace_s < 0:
-        print(f"raymail: --grace-s must not be negative, got {args.grace_s}", file=sys.stderr)
+    least = 2 * BlobStore.refresh_after_s
+    if args.grace_s < least:
+        # An upload of bytes stored less than refresh_after_s ago re-uses the blob
+        # without renewing its age; a shorter grace period could remove it before
+        # the upload is recorded.
+        print(f"raymail: --grace-s must be at least {least:g} seconds, got {args.grace_s:g}: an upload that "
+              f"re-uses a blob stored within the last {BlobStore.refresh_after_s:g} seconds leaves its age "
+              "as it was, and a shorter grace period could remove it before the upload is recorded",
+              file=sys.stderr)
         return 2
     if not _join(cfg):
         return 1
@@ -300,10 +329,16 @@ def parser() -> argparse.ArgumentParser:
     common(st)
     st.add_argument("--json", action="store_true", help="print JSON instead of a report")
     st.set_defaults(func=cmd_storage_stats)
+    sq = storage.add_parser("query", help="run a DuckDB SQL query over the catalog's tables")
+    common(sq)
+    sq.add_argument("sql", help="e.g. \"SELECT content_type, count(*) FROM blobs GROUP BY 1\" (tables: blobs, refs, "
+                    "expired, collected, events)")
+    sq.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    sq.set_defaults(func=cmd_storage_query)
     gc = storage.add_parser("gc", help="delete blobs no mailbox references (joins the running cluster)")
     common(gc)
     gc.add_argument("--grace-s", type=float, default=86400.0,
-                    help="keep unreferenced objects younger than this (default: one day)")
+                    help="keep unreferenced objects younger than this (default: one day; at least 120)")
     gc.add_argument("--dry-run", action="store_true", help="report what would be deleted; delete nothing")
     gc.add_argument("--address", help="Ray address of the running cluster (default: [cluster] address or 'auto')")
     gc.set_defaults(func=cmd_storage_gc)

@@ -19,6 +19,8 @@ Definitions:
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import pyarrow as pa
 
@@ -37,6 +39,29 @@ def load_tables(config: Config) -> dict[str, pa.Table]:
 
 def storage_stats(config: Config) -> dict:
     return compute_stats(load_tables(config))
+
+
+def query(config: Config, sql: str, max_rows: int = 10_000) -> tuple[list[str], list[tuple]]:
+    """Run DuckDB ``sql`` over the catalog: each table it names (``blobs``, ``refs``,
+    ``expired``, ``collected``, ``events``) is read with its superseded parts skipped,
+    as the statistics read it. Returns the column names and up to ``max_rows`` rows;
+    DuckDB's own errors are ``ValueError``s that say what is wrong."""
+    store = BlobStore(config.storage_url, config.storage.options)
+    named = {t for t in SCHEMAS if re.search(rf"\b{t}\b", sql, re.IGNORECASE)}
+    con = duckdb.connect(":memory:")
+    try:
+        for table in named:  # only those asked for: the event log can be large
+            con.register(table, read_table(store, table))
+        try:
+            cur = con.execute(sql)
+            if cur.description is None:
+                return [], []
+            return [d[0] for d in cur.description], cur.fetchmany(max_rows)
+        except duckdb.Error as exc:
+            known = ", ".join(SCHEMAS)
+            raise ValueError(f"{exc} (the catalog's tables: {known})") from None
+    finally:
+        con.close()
 
 
 _UPLOADS = """

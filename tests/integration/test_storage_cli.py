@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -70,7 +72,7 @@ def test_gc_deletes_only_old_unreferenced_blobs(world, ray_cluster):
     msg_keys = {k for k in before if k.startswith("msg/")}
     assert msg_keys, "the send stored its message"
 
-    dry = run("storage", "gc", "--grace-s", "60", "--address", ray_cluster, "--dry-run", *args)
+    dry = run("storage", "gc", "--grace-s", "120", "--address", ray_cluster, "--dry-run", *args)
     assert dry.returncode == 0, dry.stderr
     summary = json.loads(dry.stdout)
     assert summary["dry_run"] is True and summary["deleted"] == 2
@@ -78,7 +80,7 @@ def test_gc_deletes_only_old_unreferenced_blobs(world, ray_cluster):
         k for k in before if not k.startswith("catalog/")
     }
 
-    out = run("storage", "gc", "--grace-s", "60", "--address", ray_cluster, *args)
+    out = run("storage", "gc", "--grace-s", "120", "--address", ray_cluster, *args)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["deleted"] == 2 and summary["errors"] == 0 and summary["skipped_young"] >= 1
@@ -102,11 +104,20 @@ def test_gc_deletes_only_old_unreferenced_blobs(world, ray_cluster):
     assert "dedup ratio" in report and "removed by gc    1 blobs" in report
 
 
+@pytest.mark.parametrize("grace", ["119", "0", "-1"])
+def test_gc_refuses_a_grace_period_too_short_to_be_safe(world, ray_cluster, grace):
+    app, _, _, _, args = world
+    before = {k for k, _, _ in storage_of(app).list("att/")}
+    out = run("storage", "gc", "--grace-s", grace, "--address", ray_cluster, *args)
+    assert out.returncode == 2 and "--grace-s must be at least 120 seconds" in out.stderr and out.stdout == ""
+    assert {k for k, _, _ in storage_of(app).list("att/")} == before
+
+
 def test_gc_refuses_a_wrong_shard_count(world, ray_cluster, tmp_path):
     app, _, _, _, args = world
     cfg = tmp_path / "one-shard.toml"
     cfg.write_text(f'[cluster]\nnamespace = "{app.config.cluster.namespace}"\nshards = 1\n')
-    out = run("storage", "gc", "--grace-s", "0", "--address", ray_cluster,
+    out = run("storage", "gc", "--grace-s", "120", "--address", ray_cluster,
               "--config", str(cfg), "--data-dir", str(app.config.data_path))
     assert out.returncode == 1 and "shard-1 exists" in out.stderr and out.stdout == ""
     assert all(k in {k for k, _, _ in storage_of(app).list("att/")} for k in map(att_key, world[3]))
@@ -144,3 +155,57 @@ def test_stats_count_uploads_and_references(world):
         {"content_type": "image/png", "count": 1, "bytes": png},
         {"content_type": "text/plain", "count": 1, "bytes": txt},
     ]
+
+
+def test_query_runs_sql_over_the_catalog(world):
+    app, alice, _, _, args = world
+    ray.get(ray.get_actor("catalog", namespace=app.config.cluster.namespace).flush.remote(), timeout=30)
+    sql = "SELECT content_type, count(*) AS n, sum(size) AS bytes FROM blobs GROUP BY 1 ORDER BY 1"
+    out = run("storage", "query", sql, "--json", *args)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [{"content_type": "image/png", "n": 1, "bytes": len(PNG)},
+                                      {"content_type": "text/plain", "n": 1, "bytes": len(TXT)}]
+    table = run("storage", "query", sql, *args).stdout.splitlines()
+    assert table[0].split() == ["content_type", "n", "bytes"] and table[1].split() == ["image/png", "1", str(len(PNG))]
+    bad = run("storage", "query", "SELECT * FROM mailboxes", *args)
+    assert bad.returncode == 2 and "mailboxes" in bad.stderr and "blobs, refs" in bad.stderr and bad.stdout == ""
+
+
+def test_gc_removes_what_only_deleted_mail_referenced(world, ray_cluster):
+    """A received attachment shared by two mailboxes: kept while either holds the
+    message, removed (with the message's own blob) once both deleted it. Last in
+    this file: it changes what the statistics above count."""
+    app, alice, bob, _, args = world
+    store = storage_of(app)
+    data = os.urandom(40_000)
+    raw = (b"From: zed@elsewhere.test\r\nSubject: report\r\nMessage-ID: <r1@elsewhere.test>\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nattached\r\n'
+           b'--B\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename="r.pdf"\r\n'
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(data).replace(b"\n", b"\r\n")
+           + b"--B--\r\n")
+    msg_before = {k for k, _, _ in store.list("msg/")}
+    ids = {}
+    for user in (alice, bob):
+        with httpx.Client(base_url=app.base_url, headers={"Authorization": f"Bearer {user['token']}"}) as c:
+            r = c.post("/v1/import", content=raw, headers={"Content-Type": "message/rfc822"})
+            assert r.status_code == 201, r.text
+            ids[user["uid"]] = r.json()["id"]
+    sha = hashlib.sha256(data).hexdigest()
+    blobs = {f"att/{sha[:2]}/{sha}"} | ({k for k, _, _ in store.list("msg/")} - msg_before)
+    assert len(blobs) == 2  # the attachment, and the message without it (the same for both)
+    old = time.time() - 3600
+    for key in blobs:
+        os.utime(Path(store.root) / key, (old, old))
+
+    def delete_and_collect(user: dict) -> dict:
+        with httpx.Client(base_url=app.base_url, headers={"Authorization": f"Bearer {user['token']}"}) as c:
+            assert c.delete(f"/v1/emails/{ids[user['uid']]}").status_code == 204
+        out = run("storage", "gc", "--grace-s", "120", "--address", ray_cluster, *args)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    delete_and_collect(bob)
+    assert all(store.exists(k) for k in blobs), "alice still holds the message"
+    summary = delete_and_collect(alice)
+    assert summary["deleted"] == 2 and summary["catalogued"] == 1
+    assert not any(store.exists(k) for k in blobs)

@@ -243,6 +243,26 @@ def test_a_crash_between_write_and_delete_never_counts_rows_twice(config, monkey
     assert ids(read_table(w.store, "blobs")) == sorted([*(f"a{i}" for i in range(8)), "a100"])
 
 
+def test_duckdb_reads_the_live_part_files_as_they_are(local_config, monkeypatch):
+    """The parts are plain Parquet: DuckDB reads the live ones (``list_parts``) to the
+    same rows, even while a crashed compaction's superseded files are still there."""
+    import duckdb
+
+    w = CatalogWriter(local_config)
+    _parts(w, "blobs", 4)
+    monkeypatch.setattr(w.store, "delete", lambda key: (_ for _ in ()).throw(StorageError("crash")))
+    w.compact("blobs", min_parts=2)
+    w.add("blobs", [blob_row(50)])
+    w.flush()
+    parts = list_parts(w.store, "blobs")
+    assert len(parts.live) == 2 and len(parts.replaced) == 4
+    files = [str(Path(w.store.root) / k) for k in parts.live]
+    got = duckdb.sql(f"SELECT attachment_id, size FROM read_parquet({files}) ORDER BY attachment_id").fetchall()
+    want = read_table(w.store, "blobs").sort_by("attachment_id")
+    assert got == list(zip(want.column("attachment_id").to_pylist(), want.column("size").to_pylist()))
+    assert len(got) == 9
+
+
 def test_superseded_leftovers_are_removed_even_below_min_parts(local_config, monkeypatch):
     w = CatalogWriter(local_config)
     _parts(w, "blobs", 2)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from actors.catalog import SCHEMAS, CatalogWriter, to_arrow
-from pipelines.catalog import compute_stats, format_stats, load_tables, storage_stats
+from pipelines.catalog import compute_stats, format_stats, load_tables, query, storage_stats
 from raymail import config as config_mod
 from raymail.errors import StorageError
 
@@ -81,6 +81,25 @@ def test_storage_stats_on_known_rows(config):
         {"content_type": "application/pdf", "count": 1, "bytes": 300},
     ]
     json.dumps(stats)  # plain types only
+
+
+def test_a_query_runs_duckdb_sql_over_the_tables_it_names(config):
+    write(config, UPLOADS, REFS)
+    cols, rows = query(config, "SELECT owner_uid, count(*) AS n, sum(size) AS bytes FROM blobs "
+                               "GROUP BY owner_uid ORDER BY owner_uid")
+    assert cols == ["owner_uid", "n", "bytes"] and rows == [("alice", 2, 1300), ("bob", 1, 1000)]
+    cols, rows = query(config, "SELECT uid FROM refs GROUP BY uid, attachment_id HAVING sum(delta) > 0 ORDER BY 1")
+    assert rows == [("alice",), ("bob",), ("carol",), ("dave",)]
+    assert query(config, "SELECT count(*) FROM collected") == (["count_star()"], [(0,)])
+
+
+@pytest.mark.parametrize("sql, words", [("SELECT nope FROM blobs", "nope"), ("SELECT * FROM mail", "mail"),
+                                        ("SELEC 1", "SELEC")])
+def test_a_bad_query_says_what_is_wrong_and_which_tables_there_are(config, sql, words):
+    write(config, UPLOADS, REFS)
+    with pytest.raises(ValueError, match=words) as err:
+        query(config, sql)
+    assert "blobs, refs, expired, collected, events" in str(err.value)
 
 
 def test_empty_catalog(config):
