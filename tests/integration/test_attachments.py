@@ -48,6 +48,7 @@ async def test_upload_download_range_and_dedup(storage_app):
         assert got.headers["content-type"] == "image/png"
         assert got.headers["content-disposition"].startswith('attachment; filename="photo.png"')
         assert got.headers["x-content-type-options"] == "nosniff"
+        assert got.headers["content-security-policy"] == "sandbox"
         part = await c.get(f"/v1/attachments/{meta['id']}", headers={"Range": "bytes=100-199"})
         assert part.status_code == 206 and part.content == PNG[100:200]
         assert part.headers["content-range"] == f"bytes 100-199/{len(PNG)}"
@@ -62,6 +63,24 @@ async def test_upload_download_range_and_dedup(storage_app):
     assert not storage_of(app).list("tmp")
     async with app.client(bob["token"]) as c:  # bob cannot read alice's upload by its id
         assert (await c.get(f"/v1/attachments/{meta['id']}")).status_code == 404
+
+
+@pytest.mark.parametrize("ctype", ["image/png", "text/html", "image/svg+xml"])
+async def test_a_script_under_any_type_is_downloaded_never_run(storage_app, ctype):
+    """Whatever type an upload declares, and whether or not its bytes match it (an
+    HTML page labelled a PNG), a browser is told to save it (attachment), not to
+    guess its type (nosniff), and to run nothing of it (a sandbox)."""
+    app = storage_app
+    alice = app.user()
+    page = b"<html><script>fetch('/v1/emails')</script></html>"
+    r = await upload(app, alice["token"], page, ctype=ctype, filename="invoice.html")
+    assert r.status_code == 201, r.text
+    async with app.client(alice["token"]) as c:
+        got = await c.get(f"/v1/attachments/{r.json()['id']}")
+    assert got.content == page and got.headers["content-type"].startswith(ctype)
+    assert got.headers["content-disposition"].startswith("attachment;")
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert got.headers["content-security-policy"] == "sandbox"
 
 
 async def test_downloads_left_part_way_leave_the_next_ones_unharmed(storage_app):
