@@ -8,6 +8,7 @@ import email
 import hashlib
 import os
 import quopri
+import time
 import uuid
 from email import policy
 from pathlib import Path
@@ -571,6 +572,64 @@ async def test_storage_unavailable_mid_upload_then_retry(ray_cluster, tmp_path, 
         app.deployment.stop()
         if server is not None:
             switch.close()
+            server.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:", 1)[1].split()[0])
+
+
+@pytest.mark.parametrize("backend", ["file", "s3"])
+async def test_a_100_mib_upload_keeps_the_gateway_memory_bounded(ray_cluster, tmp_path, backend):
+    """The issue's bound: under 64 MiB over the gateway's baseline while a 100 MiB
+    upload streams in (sampled every 5 ms from /proc), plain and, on S3, declaring
+    its digest (sent on to the store as it arrives)."""
+    import threading
+
+    import ray
+    from conftest import MotoServer, start_app
+
+    mib = 1024 * 1024
+    server = MotoServer() if backend == "s3" else None
+    storage = {"url": server.bucket("mem"), "options": server.options} if server else {}
+    app = start_app(tmp_path, storage=storage, limits={"max_attachment_bytes": 128 * mib, "max_message_bytes": 128 * mib})
+    try:
+        alice = app.user()
+        pid = ray.get(app.deployment.gateways[0].stats.remote())["pid"]
+        chunk = os.urandom(mib)
+        digest = hashlib.sha256(chunk * 100).digest()
+        declared = {"Content-Length": str(100 * mib),
+                    "Content-Digest": f"sha-256=:{base64.b64encode(digest).decode()}:"}
+
+        async def body():
+            for _ in range(100):
+                yield chunk
+
+        for headers in ({}, declared) if server else ({},):
+            base = peak = _rss_kib(pid)
+            stop = threading.Event()
+
+            def sample(stop: threading.Event = stop) -> None:
+                nonlocal peak
+                while not stop.is_set():
+                    peak = max(peak, _rss_kib(pid))
+                    time.sleep(0.005)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                async with app.client(alice["token"]) as c:
+                    r = await c.post("/v1/attachments", content=body(),
+                                     headers={"Content-Type": "application/zip", **headers})
+            finally:
+                stop.set()
+                sampler.join()
+            assert r.status_code == 201 and r.json()["size"] == 100 * mib, r.text
+            assert (peak - base) / 1024 < 64, f"the gateway grew by {(peak - base) / 1024:.1f} MiB ({headers})"
+    finally:
+        app.deployment.stop()
+        if server is not None:
             server.stop()
 
 
