@@ -1,10 +1,11 @@
-"""The ``raymail`` command: ``up``, ``user add``, ``domain add``, ``storage stats|gc``."""
+"""The ``raymail`` command: ``up``, ``user add``, ``domain add``, ``storage stats|query|gc``, ``queue``, ``reindex``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -155,7 +156,7 @@ def cmd_storage_gc(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr, flush=True)  # stdout carries only the JSON summary
 
     least = 2 * BlobStore.refresh_after_s
-    if args.grace_s < least:
+    if not math.isfinite(args.grace_s) or args.grace_s < least:
         # An upload of bytes stored less than refresh_after_s ago re-uses the blob
         # without renewing its age; a shorter grace period could remove it before
         # the upload is recorded.

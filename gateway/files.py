@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -54,14 +54,15 @@ def _created(ref: AttachmentRef) -> Response:
     return _json(ref.to_dict(), 201)
 
 
-FORM_FIELDS_BYTES = 64 * 1024  # a form's parts other than its file, in all
+FORM_FIELDS_BYTES = 64 * 1024  # a form's bytes other than its file's, boundaries and headers included
 
 
 class FormFile:
-    """The first file of a ``multipart/form-data`` body (RFC 7578), read as the body
+    """The file of a ``multipart/form-data`` body (RFC 7578), read as the body
     arrives: its bytes go on to storage as they come, hashed and held to the size
-    limit on the way, with no temporary copy; the form's other parts (at most
-    ``FORM_FIELDS_BYTES``) are read and dropped."""
+    limit on the way, with no temporary copy. The form's other parts are read and
+    dropped; everything but the file's bytes (other fields, part headers,
+    boundaries) is held to ``FORM_FIELDS_BYTES``; a second file is refused."""
 
     def __init__(self, request: Request) -> None:
         _, params = parse_options_header(request.headers.get("content-type", ""))
@@ -69,19 +70,25 @@ class FormFile:
             raise BadRequest("the multipart/form-data body has no boundary parameter in its Content-Type")
         self._body = request.stream().__aiter__()
         self._events: deque[tuple[str, object]] = deque()  # what the parser found in the latest chunk
-        self._other = 0
+        self._fed = 0  # bytes of the body given to the parser
+        self._file_bytes = 0  # of which the file's own
+        self._in_file = False
+        self._files = 0
         self._headers: dict[bytes, bytes] = {}
         self._name = self._value = b""
-        self._parser = MultipartParser(params[b"boundary"], callbacks={
-            "on_part_begin": self._part_begin,
-            "on_header_field": lambda data, start, end: self._add_name(data[start:end]),
-            "on_header_value": lambda data, start, end: self._add_value(data[start:end]),
-            "on_header_end": self._header_end,
-            "on_headers_finished": lambda: self._events.append(("part", self._headers)),
-            "on_part_data": lambda data, start, end: self._events.append(("data", bytes(data[start:end]))),
-            "on_part_end": lambda: self._events.append(("end", None)),
-            "on_end": lambda: self._events.append(("done", None)),
-        })
+        try:
+            self._parser = MultipartParser(params[b"boundary"], callbacks={
+                "on_part_begin": self._part_begin,
+                "on_header_field": lambda data, start, end: self._add_name(data[start:end]),
+                "on_header_value": lambda data, start, end: self._add_value(data[start:end]),
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": lambda: self._events.append(("done", None)),
+            }, max_header_count=8, max_header_size=8192)
+        except FormParserError as exc:  # a boundary too long
+            raise BadRequest(f"the multipart body cannot be read: {exc}") from None
 
     def _part_begin(self) -> None:
         self._headers = {}
@@ -91,12 +98,31 @@ class FormFile:
 
     def _add_value(self, piece: bytes) -> None:
         self._value += piece
-        if len(self._value) > 8192:
-            raise BadRequest("a part's header in the multipart body is longer than 8 KiB")
 
     def _header_end(self) -> None:
         self._headers[self._name.lower()] = self._value
         self._name = self._value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b"").decode("latin-1"))
+        if b"filename" in options:
+            self._files += 1
+            if self._files > 1:
+                raise BadRequest("send one file per upload: this form has more than one")
+            self._in_file = True
+            # Browsers send the name as UTF-8.
+            name = options[b"filename"].decode("utf-8", errors="replace")
+            self._events.append(("file", (name, self._headers.get(b"content-type", b"").decode("latin-1"))))
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self._file_bytes += end - start
+            self._events.append(("data", bytes(data[start:end])))
+
+    def _part_end(self) -> None:
+        if self._in_file:
+            self._in_file = False
+            self._events.append(("end", None))
 
     async def _next(self) -> tuple[str, object]:
         while not self._events:
@@ -104,40 +130,32 @@ class FormFile:
                 chunk = await self._body.__anext__()
             except StopAsyncIteration:
                 raise BadRequest("the multipart body ended before its closing boundary") from None
+            self._fed += len(chunk)
             try:
                 self._parser.write(chunk)
-            except MultipartParseError as exc:
+            except FormParserError as exc:  # the parse errors are of this kind
                 raise BadRequest(f"the multipart body could not be read: {exc}") from None
+            if self._fed - self._file_bytes > FORM_FIELDS_BYTES:
+                raise PayloadTooLarge(f"a form's parts other than its file are limited to {FORM_FIELDS_BYTES} "
+                                      "bytes (send the file alone, or as the raw body)")
         return self._events.popleft()
 
-    def _skip(self, data: bytes) -> None:
-        self._other += len(data)
-        if self._other > FORM_FIELDS_BYTES:
-            raise PayloadTooLarge(f"the form's fields other than its file are limited to {FORM_FIELDS_BYTES} bytes")
-
-    async def open(self) -> tuple[str | None, str]:
-        """Reads up to the first file's part: (its filename, its Content-Type)."""
+    async def open(self) -> tuple[str, str]:
+        """Reads up to the file's part: (its filename, its Content-Type)."""
         while True:
             kind, value = await self._next()
             if kind == "done":
                 raise Unprocessable("the form has no file field", code="no_file")
-            if kind == "data":
-                self._skip(value)
-            elif kind == "part":
-                _, options = parse_options_header(value.get(b"content-disposition", b"").decode("latin-1"))
-                if b"filename" in options:  # browsers send it as UTF-8
-                    ctype = value.get(b"content-type", b"").decode("latin-1")
-                    return options[b"filename"].decode("utf-8", errors="replace"), ctype
+            if kind == "file":
+                return value
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The file's bytes as they arrive, then the rest of the form, dropped: an
         upload is kept only from a whole, well-formed body."""
         while (event := await self._next())[0] != "end":
-            if event[0] == "data":
-                yield event[1]
-        while (event := await self._next())[0] != "done":
-            if event[0] == "data":
-                self._skip(event[1])
+            yield event[1]
+        while (await self._next())[0] != "done":
+            pass
 
 
 class FilesApi:

@@ -52,8 +52,8 @@ def collect(
 ) -> dict:
     """Delete unreferenced objects older than the grace period; returns counts and bytes.
     ``on_deleted(key, size)`` is told of each object deleted."""
-    if grace_s < 0:
-        raise ValueError(f"grace_s must not be negative, got {grace_s}")
+    if not grace_s >= 0:  # NaN too: every cutoff comparison with it is false
+        raise ValueError(f"grace_s must be a number of seconds, not negative, got {grace_s}")
     now = time.time() if now_s is None else now_s
     cutoff_s = now - grace_s
     out = {name: 0 for name in (

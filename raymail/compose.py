@@ -239,10 +239,11 @@ def _parse_full(raw: bytes) -> Parsed:
         html_part = msg.get_body(preferencelist=("html",))
         text = _content(text_part)
         html = _content(html_part) if html_part is not None else None
-        for part in msg.walk():  # the parts skeleton.extract stores as attachments
-            if not skeleton.is_attachment(part):
-                continue
-            payload = part.get_payload(decode=True) or b""
+        for part in skeleton.attachments(msg):  # the parts skeleton.extract stores as attachments
+            if part.get_content_type() == "message/rfc822":
+                payload = skeleton.message_bytes(part)
+            else:
+                payload = part.get_payload(decode=True) or b""
             attachments.append(
                 {"filename": _safe(part.get_filename) or "", "content_type": part.get_content_type(), "size": len(payload)}
             )
@@ -260,6 +261,7 @@ _HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
 # text/plain with simple parameters and nothing else.
 _PLAIN_TYPE = re.compile(r'\s*text/plain\s*(?:;\s*[A-Za-z0-9_.-]+\s*=\s*(?:"[^"\\\r\n]*"|[^\s;"]+)\s*)*;?\s*', re.I)
 _CHARSET = re.compile(r';\s*charset\s*=\s*"?([^\s;"]+)', re.I)
+_NAMED = re.compile(r";\s*name\s*\*?\s*[0-9*]*=", re.I)
 _PLAIN_CHARSETS = {"us-ascii": "ascii", "ascii": "ascii", "utf-8": "utf-8", "utf8": "utf-8"}
 
 
@@ -291,6 +293,8 @@ def _parse_plain(raw: bytes) -> Parsed | None:
         name, _, first = item[0].decode("ascii").partition(":")
         value = "".join([first.lstrip(" \t"), *(x.decode("ascii") for x in item[1:])])
         low = name.lower()
+        if low == "content-disposition":
+            return None  # perhaps the body is a file: the full parse says
         if low == "content-type":
             if ctype is not None:
                 return None
@@ -302,8 +306,8 @@ def _parse_plain(raw: bytes) -> Parsed | None:
         headers.append((name, _address_header(value) if low in ADDRESS_HEADERS else _header_value(value)))
     charset = "ascii"
     if ctype is not None:
-        if not _PLAIN_TYPE.fullmatch(ctype):
-            return None
+        if not _PLAIN_TYPE.fullmatch(ctype) or _NAMED.search(ctype):
+            return None  # other than plain text, or a named file: the full parse says
         m = _CHARSET.search(ctype)
         if m is not None:
             charset = _PLAIN_CHARSETS.get(m.group(1).lower())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import policy
@@ -103,15 +104,25 @@ class Extracted:
     cut: bool = True  # cut out of the skeleton (a BlobRef placeholder stands for it), else left in
 
 
+# A header that can make its part an attachment: a disposition of ``attachment`` or
+# naming a file, or a Content-Type naming one (RFC 2231 forms too), over folded lines.
+_MAYBE_ATTACHMENT = re.compile(
+    rb"^content-(?:disposition:[^\n]*(?:\n[ \t][^\n]*)*?(?:attachment|filename)"
+    rb"|type:[^\n]*(?:\n[ \t][^\n]*)*?\bname[\s*0-9]*=)", re.MULTILINE)
+
+MAX_ATTACHMENTS = 100  # per message; more stay in it as they came, read from its source
+
+
 def may_have_attachments(raw: bytes) -> bool:
-    """False when ``raw`` has no part that could be an attachment (none says
-    ``attachment`` or names a file), so ``extract`` finds nothing."""
-    low = raw.lower()  # a case-insensitive regex scan is ten times slower
-    return b"attachment" in low or b"name=" in low or b"name*" in low
+    """False when no header of ``raw`` could make a part an attachment, so
+    ``extract`` finds nothing (the text of a mail that says "attachment" is no
+    reason to parse it)."""
+    return _MAYBE_ATTACHMENT.search(raw.lower()) is not None
 
 
-def extract(raw: bytes, min_bytes: int = 1024) -> tuple[list[Segment], list[Extracted]]:
-    """Every attachment of ``raw``, decoded, and its skeleton.
+def extract(raw: bytes, min_bytes: int = 1024,
+            max_attachments: int = MAX_ATTACHMENTS) -> tuple[list[Segment], list[Extracted]]:
+    """Every attachment of ``raw`` (up to ``max_attachments``), decoded, and its skeleton.
 
     Returns the segments, with a ``BlobRef(key="", size, ...)`` placeholder for each
     body cut out, and the attachments in order (``cut`` says which have a
@@ -123,32 +134,95 @@ def extract(raw: bytes, min_bytes: int = 1024) -> tuple[list[Segment], list[Extr
         return [raw], []  # nothing to find: skip the parse
     try:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw)
-        parts = [p for p in msg.walk() if is_attachment(p)]
+        leaves = list(leaf_parts(msg))
     except Exception:  # noqa: BLE001 - an unparsable message is kept whole
         return [raw], []
     segments: list[Segment] = []
     found: list[Extracted] = []
-    pos = 0
-    for part in parts:
+    pos = 0  # where in ``raw`` the next part's body can start
+    kept = 0  # where the bytes not yet in ``segments`` start
+    for part in leaves:
         body = part.get_payload()
-        if not isinstance(body, str):
+        attachment = len(found) < max_attachments and is_attachment(part)
+        if not isinstance(body, str):  # a forwarded message, attached whole
+            if attachment:
+                found.append(Extracted(message_bytes(part), _filename(part), "message/rfc822", cut=False))
             continue
-        cut = _exact_base64(part, body, min_bytes)
-        at = -1 if cut is None else raw.find(cut[1], pos)
-        if cut is None or at < 0:
-            try:
-                data = part.get_payload(decode=True) or b""
-            except Exception:  # noqa: BLE001 - a body the parser cannot decode is served as it came
-                data = body.encode("ascii", "surrogateescape")
-            found.append(Extracted(data, _filename(part), part.get_content_type(), cut=False))
+        try:
+            cut = _exact_base64(part, body, min_bytes) if attachment else None
+        except Exception:  # noqa: BLE001 - a body we cannot judge stays inline
+            cut = None
+        if cut is None:
+            # Passed over (a body that is not an attachment too), so that a later
+            # attachment's identical text is never looked for in an earlier part.
+            text = _as_bytes(body)
+            at = raw.find(text, pos) if text else -1
+            if at >= 0:
+                pos = at + len(text)
+            if attachment:
+                found.append(Extracted(_decoded(part, body), _filename(part), part.get_content_type(), cut=False))
             continue
         ref, text, data = cut
-        segments.append(raw[pos:at])
+        at = raw.find(text, pos)
+        if at < 0:
+            found.append(Extracted(data, _filename(part), part.get_content_type(), cut=False))
+            continue
+        segments.append(raw[kept:at])
         segments.append(ref)
         found.append(Extracted(data, _filename(part), part.get_content_type()))
-        pos = at + len(text)
-    segments.append(raw[pos:])
+        pos = kept = at + len(text)
+    segments.append(raw[kept:])
     return [s for s in segments if not (isinstance(s, bytes) and not s)], found
+
+
+def leaf_parts(msg: Message) -> Iterator[Message]:
+    """The message's parts that are not multipart, in order; a forwarded message
+    attached as a file (``message/rfc822`` with a disposition of attachment or a
+    name) is one part, not looked into."""
+    if msg.get_content_type() == "message/rfc822" and is_attachment(msg):
+        yield msg
+    elif msg.is_multipart():
+        for sub in msg.get_payload():
+            if isinstance(sub, Message):
+                yield from leaf_parts(sub)
+    else:
+        yield msg
+
+
+def attachments(msg: Message) -> Iterator[Message]:
+    """The message's attachments, as ``extract`` finds them (the first
+    ``MAX_ATTACHMENTS``)."""
+    n = 0
+    for part in leaf_parts(msg):
+        if n < MAX_ATTACHMENTS and is_attachment(part):
+            n += 1
+            yield part
+
+
+def _decoded(part: Message, body: str) -> bytes:
+    try:
+        return part.get_payload(decode=True) or b""
+    except Exception:  # noqa: BLE001 - a body the parser cannot decode is served as it came
+        return _as_bytes(body)
+
+
+def _as_bytes(body: str) -> bytes:
+    """A payload's bytes as they were in the message (the parser keeps bytes it
+    cannot read as ASCII as surrogates; the rest as UTF-8 is the best guess)."""
+    return body.encode("utf-8", "surrogateescape")
+
+
+def message_bytes(part: Message) -> bytes:
+    """The bytes of a forwarded message (a ``message/rfc822`` part) as a file, CRLF
+    line ends as mail has them."""
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    if not isinstance(inner, Message):
+        return b""
+    try:
+        return inner.as_bytes(policy=policy.compat32.clone(linesep="\r\n"))
+    except Exception:  # noqa: BLE001 - a message the generator cannot write is no file
+        return b""
 
 
 def _exact_base64(part: Message, body: str, min_bytes: int) -> tuple[BlobRef, bytes, bytes] | None:
@@ -162,8 +236,8 @@ def _exact_base64(part: Message, body: str, min_bytes: int) -> tuple[BlobRef, by
         return None  # one line, or none: not worth a layout of its own
     eol = CRLF if text[lf - 1 : lf] == b"\r" else b"\n"
     line_chars = lf - len(eol) + 1
-    if line_chars % 4:
-        return None  # a line would not encode a whole number of bytes
+    if line_chars < 4 or line_chars % 4:
+        return None  # a blank first line, or lines that do not encode whole bytes
     # The parser leaves out the line end that ends the body (it belongs to the
     # boundary line); the regenerated text ends with it, so cut it out too.
     text = text.rstrip(b"\r\n") + eol
@@ -184,10 +258,10 @@ def _filename(part: Message) -> str | None:
 
 
 def is_attachment(part: Message) -> bool:
-    """A part that is a file of its own: not multipart, and either ``Content-
-    Disposition: attachment`` or named and not ``inline`` (an inline image that a
-    body shows is part of the body)."""
-    if part.is_multipart():
+    """A part that is a file of its own: not multipart (a forwarded message may be
+    one), and either ``Content-Disposition: attachment`` or named and not
+    ``inline`` (an inline image that a body shows is part of the body)."""
+    if part.is_multipart() and part.get_content_type() != "message/rfc822":
         return False
     disposition = str(part.get("Content-Disposition", "")).split(";", 1)[0].strip().lower()
     return disposition == "attachment" or (disposition != "inline" and _filename(part) is not None)

@@ -915,10 +915,11 @@ class BlobReader:
         """``close`` from an event loop: at once when that cannot block (a local file,
         an object's body read to its end or owned by this loop's client), else in a
         worker thread."""
-        if isinstance(self._fh, _ObjectStream) and not self._fh.closes_at_once():
-            asyncio.get_running_loop().run_in_executor(None, self.close)
+        loop = _running_loop()
+        if loop is not None and isinstance(self._fh, _ObjectStream) and not self._fh.closes_at_once():
+            loop.run_in_executor(None, self.close)
         else:
-            self.close()
+            self.close()  # (with no running loop, there is nobody to hold up)
 
 
 def mtime_of(info: dict) -> float:

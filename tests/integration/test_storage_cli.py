@@ -104,7 +104,7 @@ def test_gc_deletes_only_old_unreferenced_blobs(world, ray_cluster):
     assert "dedup ratio" in report and "removed by gc    1 blobs" in report
 
 
-@pytest.mark.parametrize("grace", ["119", "0", "-1"])
+@pytest.mark.parametrize("grace", ["119", "0", "-1", "nan"])
 def test_gc_refuses_a_grace_period_too_short_to_be_safe(world, ray_cluster, grace):
     app, _, _, _, args = world
     before = {k for k, _, _ in storage_of(app).list("att/")}

@@ -259,6 +259,8 @@ FULL_ONLY = {
     "space before colon": b"Subject : s\r\n\r\nbody",
     "no blank line": b"Subject: s\r\nbody without separator",
     "no header block": b"\r\n\r\nbody",
+    "a named text file": b"Content-Type: text/plain; name=notes.txt\r\n\r\nnotes",
+    "an attached text file": b"Content-Disposition: attachment\r\n\r\nnotes",
 }
 
 
@@ -275,6 +277,12 @@ def test_plain_shortcut_leaves_the_rest_to_the_full_parser(name):
     raw = FULL_ONLY[name]
     assert compose._parse_plain(raw) is None
     assert compose.parse(raw) == compose._parse_full(raw)
+
+
+@pytest.mark.parametrize("name", ["a named text file", "an attached text file"])
+def test_a_single_part_file_is_listed_as_an_attachment(name):
+    (a,) = compose.parse(FULL_ONLY[name]).attachments
+    assert (a["content_type"], a["size"]) == ("text/plain", 5)
 
 
 @pytest.mark.parametrize("value", ["a@b.test", " <a@b.test> ", "<A.B+c@Sub.Example-1.test>", "x!#$%&'*+/=?^_`{|}~-@d.test",

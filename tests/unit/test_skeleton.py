@@ -463,3 +463,72 @@ def test_extract_of_a_single_part_attachment_message():
 )
 def test_extract_of_garbage_keeps_it_whole(raw):
     assert skeleton.extract(raw) == ([raw], [])
+
+
+# -- hostile and unusual structures ------------------------------------------------
+
+
+def test_a_base64_body_starting_with_a_blank_line_stays_inline():
+    """Its first line end is at once: no layout of 0-character lines (that crashed)."""
+    raw = mixed(TEXT, attachment(b"\r\n" + skeleton.encode_lines(BIG)))
+    segments, found = skeleton.extract(raw, min_bytes=1024)
+    assert segments == [raw] and [(f.data, f.cut) for f in found] == [(BIG, False)]
+
+
+def test_at_most_max_attachments_are_found_the_rest_stay_in_the_message():
+    parts = [attachment(skeleton.encode_lines(bytes([i]) * 10), disposition=b'attachment; filename="f%d"' % i)
+             for i in range(30)]
+    raw = mixed(TEXT, *parts)
+    segments, found = skeleton.extract(raw, min_bytes=1024, max_attachments=20)
+    assert segments == [raw] and [f.filename for f in found] == [f"f{i}" for i in range(20)]
+    assert skeleton.MAX_ATTACHMENTS == 100
+
+
+def test_a_text_body_with_an_attachment_s_bytes_is_not_cut_for_it():
+    """The text part's base64 equals the attachment's: the attachment's own body is
+    cut out, and the text stays readable in the text view."""
+    text = (b"hello world " * 200)[:2400]
+    body = part([b"Content-Type: text/plain", b"Content-Transfer-Encoding: base64"], skeleton.encode_lines(text))
+    raw = mixed(body, attachment(skeleton.encode_lines(text)))
+    segments, found = skeleton.extract(raw, min_bytes=1024)
+    assert [(f.data, f.cut) for f in found] == [(text, True)]
+    assert compose.parse(skeleton.text_view(segments)).text.startswith("hello world")
+    blobs = Blobs()
+    assert blobs.rebuild(refill(segments, found, blobs)) == raw
+
+
+def test_a_forwarded_message_is_one_attachment_not_looked_into():
+    inner = mixed(TEXT, attachment(skeleton.encode_lines(BIG), disposition=b'attachment; filename="inner.bin"')
+                  ).replace(BOUNDARY, b"inner-boundary")
+    fwd = part([b"Content-Type: message/rfc822", b'Content-Disposition: attachment; filename="fwd.eml"'], inner)
+    raw = mixed(TEXT, fwd)
+    segments, found = skeleton.extract(raw, min_bytes=1024)
+    assert [(f.filename, f.content_type, f.cut) for f in found] == [("fwd.eml", "message/rfc822", False)]
+    assert segments == [raw]
+    assert b"inner.bin" in found[0].data and found[0].data.count(b"\r\n") == found[0].data.count(b"\n")
+    listed = compose.parse(raw).attachments
+    assert [(a["filename"], a["content_type"]) for a in listed] == [("fwd.eml", "message/rfc822")]
+
+
+def test_a_message_forwarded_inline_is_looked_into():
+    inner = mixed(TEXT, attachment(skeleton.encode_lines(BIG), disposition=b'attachment; filename="inner.bin"')
+                  ).replace(BOUNDARY, b"inner-boundary")
+    raw = mixed(TEXT, part([b"Content-Type: message/rfc822"], inner))
+    _, found = skeleton.extract(raw, min_bytes=1024)
+    assert [(f.filename, f.data, f.cut) for f in found] == [("inner.bin", BIG, True)]
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"Subject: the attachment you asked for\r\n\r\nsee the attachment and the filename= in it\r\n", False),
+    (b'Content-Type: text/html\r\n\r\n<meta name="viewport"><a name=x>\r\n', False),
+    (mixed(TEXT, attachment(b"x", disposition=b'inline; filename="i.png"')), True),
+    (mixed(TEXT, attachment(b"x", disposition=b"attachment")), True),
+    (mixed(TEXT, attachment(b"x", disposition=None, ctype=b'application/pdf; name = "s.pdf"')), True),
+    (mixed(TEXT, attachment(b"x", disposition=None, ctype=b"application/pdf;\r\n\tname*0=s.pdf")), True),
+    (mixed(TEXT, attachment(b"x", disposition=b"ATTACHMENT")), True),
+])
+def test_may_have_attachments_looks_at_the_headers_that_make_one(raw, expected):
+    assert skeleton.may_have_attachments(raw) is expected
+    if not expected:  # and then extract, which it lets skip the parse, would have found none anyway
+        msg = skeleton.BytesParser(policy=skeleton.policy.compat32).parsebytes(raw)
+        assert not list(skeleton.attachments(msg))

@@ -611,8 +611,8 @@ def test_an_object_read_to_the_end_of_its_range_needs_no_closing(s3_options, tmp
         assert whole._fh.closes_at_once()
         assert not part._fh.closes_at_once()
     finally:
-        whole.close_soon()  # no running loop needed: it is closed at once
-        part.close()
+        whole.close_soon()  # closed at once
+        part.close_soon()  # with no running loop to hold up, closed here too
     assert whole._fh.body is None and part._fh.body is None
 
 
