@@ -107,8 +107,8 @@ class Extracted:
 # A header that can make its part an attachment: a disposition of ``attachment`` or
 # naming a file, or a Content-Type naming one (RFC 2231 forms too), over folded lines.
 _MAYBE_ATTACHMENT = re.compile(
-    rb"^content-(?:disposition:[^\n]*(?:\n[ \t][^\n]*)*?(?:attachment|filename)"
-    rb"|type:[^\n]*(?:\n[ \t][^\n]*)*?\bname[\s*0-9]*=)", re.MULTILINE)
+    rb"content-(?:disposition:[^\n]*(?:\n[ \t][^\n]*)*?(?:attachment|filename)"
+    rb"|type:[^\n]*(?:\n[ \t][^\n]*)*?\bname[\s*0-9]*=)")
 
 MAX_ATTACHMENTS = 100  # per message; more stay in it as they came, read from its source
 
@@ -117,7 +117,13 @@ def may_have_attachments(raw: bytes) -> bool:
     """False when no header of ``raw`` could make a part an attachment, so
     ``extract`` finds nothing (the text of a mail that says "attachment" is no
     reason to parse it)."""
-    return _MAYBE_ATTACHMENT.search(raw.lower()) is not None
+    low = raw.lower()
+    at = low.find(b"content-")  # a literal search, then the pattern only where one starts a line
+    while at >= 0:
+        if (at == 0 or low[at - 1] == 0x0A) and _MAYBE_ATTACHMENT.match(low, at):
+            return True
+        at = low.find(b"content-", at + 8)
+    return False
 
 
 def extract(raw: bytes, min_bytes: int = 1024,
