@@ -41,9 +41,9 @@ from pathlib import Path
 import httpx
 import ray
 from common import make_users, progress, start
-from ws_idle import rss_kib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from procs import PeakRss  # noqa: E402 - from the tests' helpers, found through the line above
 
 MiB = 1024 * 1024
 WARMUP = 3  # transfers each way before any timing, on both sides
@@ -359,18 +359,6 @@ def peak_upload_memory(dep, token: str, size: int, declared: bool = False) -> tu
         headers |= {"Content-Length": str(size // MiB * MiB),
                     "Content-Digest": f"sha-256=:{base64.b64encode(sha.digest()).decode()}:"}
     pid = ray.get(dep.gateways[0].stats.remote())["pid"]
-    base = rss_kib(pid)
-    peak = base
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, rss_kib(pid))
-            time.sleep(0.005)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
 
     async def body():
         for _ in range(size // MiB):
@@ -381,10 +369,9 @@ def peak_upload_memory(dep, token: str, size: int, declared: bool = False) -> tu
             r = await c.post(f"http://127.0.0.1:{dep.port}/v1/attachments", content=body(), headers=headers)
             assert r.status_code == 201, r.text
 
-    asyncio.run(go())
-    stop.set()
-    t.join()
-    return base, peak
+    with PeakRss(pid) as rss:
+        asyncio.run(go())
+    return rss.base, rss.peak
 
 
 def client_paced_latency(api: Api, rate: str, count: int, size: int = MiB) -> tuple[float, float]:

@@ -27,11 +27,21 @@ class Relay:
                 client, _ = self.srv.accept()
             except OSError:
                 return
+            if not self._admit(client):
+                continue
             server = socket.create_connection(self.upstream)
             for s in (client, server):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._opened(client, server)
             threading.Thread(target=self._relay, args=(client, server, True), daemon=True).start()
             threading.Thread(target=self._relay, args=(server, client, False), daemon=True).start()
+
+    def _admit(self, client: socket.socket) -> bool:
+        """False to turn ``client`` away (the subclass closes it)."""
+        return True
+
+    def _opened(self, client: socket.socket, server: socket.socket) -> None:
+        """A connection is being relayed."""
 
     def _relay(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
@@ -63,20 +73,14 @@ class Switch(Relay):
         self._lock = threading.Lock()
         super().__init__(upstream)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.srv.accept()
-            except OSError:
-                return
-            if not self.on:
-                _reset(client)
-                continue
-            server = socket.create_connection(self.upstream)
-            with self._lock:
-                self._live |= {client, server}
-            threading.Thread(target=self._relay, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._relay, args=(server, client, False), daemon=True).start()
+    def _admit(self, client: socket.socket) -> bool:
+        if not self.on:
+            _reset(client)
+        return self.on
+
+    def _opened(self, client: socket.socket, server: socket.socket) -> None:
+        with self._lock:
+            self._live |= {client, server}
 
     def switch_off(self) -> None:
         self.on = False

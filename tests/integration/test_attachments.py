@@ -583,20 +583,14 @@ async def test_storage_unavailable_mid_upload_then_retry(ray_cluster, tmp_path, 
             server.stop()
 
 
-def _rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:", 1)[1].split()[0])
-
-
 @pytest.mark.parametrize("backend", ["file", "s3"])
 async def test_a_100_mib_upload_keeps_the_gateway_memory_bounded(ray_cluster, tmp_path, backend):
     """The issue's bound: under 64 MiB over the gateway's baseline while a 100 MiB
     upload streams in (sampled every 5 ms from /proc), plain, as a form's file, and,
     on S3, declaring its digest (sent on to the store as it arrives)."""
-    import threading
-
     import ray
     from conftest import MotoServer, start_app
+    from procs import PeakRss
 
     mib = 1024 * 1024
     server = MotoServer() if backend == "s3" else None
@@ -621,26 +615,13 @@ async def test_a_100_mib_upload_keeps_the_gateway_memory_bounded(ray_cluster, tm
             yield b"\r\n--B0UND--\r\n"
 
         for headers in ({}, {"Content-Type": FORM}, declared) if server else ({}, {"Content-Type": FORM}):
-            base = peak = _rss_kib(pid)
-            stop = threading.Event()
-
-            def sample(stop: threading.Event = stop) -> None:
-                nonlocal peak
-                while not stop.is_set():
-                    peak = max(peak, _rss_kib(pid))
-                    time.sleep(0.005)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            try:
+            with PeakRss(pid) as rss:
                 async with app.client(alice["token"]) as c:
                     r = await c.post("/v1/attachments", content=form() if headers.get("Content-Type") else body(),
                                      headers={"Content-Type": "application/zip", **headers})
-            finally:
-                stop.set()
-                sampler.join()
             assert r.status_code == 201 and r.json()["size"] == 100 * mib, r.text
-            assert (peak - base) / 1024 < 64, f"the gateway grew by {(peak - base) / 1024:.1f} MiB ({headers})"
+            grew = (rss.peak - rss.base) / 1024
+            assert grew < 64, f"the gateway grew by {grew:.1f} MiB ({headers})"
     finally:
         app.deployment.stop()
         if server is not None:
