@@ -112,7 +112,7 @@ def cmd_storage_stats(args: argparse.Namespace) -> int:
 
 def cmd_storage_query(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    from pipelines.catalog import query
+    from pipelines.catalog import MAX_QUERY_ROWS, query
 
     try:
         columns, rows = query(cfg, args.sql)
@@ -122,6 +122,9 @@ def cmd_storage_query(args: argparse.Namespace) -> int:
     except RaymailError as exc:
         print(f"raymail: {exc}", file=sys.stderr)
         return 1
+    if len(rows) > MAX_QUERY_ROWS:
+        rows = rows[:MAX_QUERY_ROWS]
+        print(f"raymail: only the first {MAX_QUERY_ROWS} rows are shown; aggregate, or add a LIMIT", file=sys.stderr)
     if args.json:
         print(json.dumps([dict(zip(columns, row)) for row in rows], default=str))
         return 0

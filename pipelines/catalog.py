@@ -41,10 +41,14 @@ def storage_stats(config: Config) -> dict:
     return compute_stats(load_tables(config))
 
 
-def query(config: Config, sql: str, max_rows: int = 10_000) -> tuple[list[str], list[tuple]]:
+MAX_QUERY_ROWS = 10_000
+
+
+def query(config: Config, sql: str, max_rows: int = MAX_QUERY_ROWS) -> tuple[list[str], list[tuple]]:
     """Run DuckDB ``sql`` over the catalog: each table it names (``blobs``, ``refs``,
     ``expired``, ``collected``, ``events``) is read with its superseded parts skipped,
-    as the statistics read it. Returns the column names and up to ``max_rows`` rows;
+    as the statistics read it. Returns the column names and up to ``max_rows`` rows
+    (one more when there are more, for the caller to say so);
     DuckDB's own errors are ``ValueError``s that say what is wrong."""
     store = BlobStore(config.storage_url, config.storage.options)
     named = {t for t in SCHEMAS if re.search(rf"\b{t}\b", sql, re.IGNORECASE)}
@@ -56,7 +60,7 @@ def query(config: Config, sql: str, max_rows: int = 10_000) -> tuple[list[str], 
             cur = con.execute(sql)
             if cur.description is None:
                 return [], []
-            return [d[0] for d in cur.description], cur.fetchmany(max_rows)
+            return [d[0] for d in cur.description], cur.fetchmany(max_rows + 1)
         except duckdb.Error as exc:
             known = ", ".join(SCHEMAS)
             raise ValueError(f"{exc} (the catalog's tables: {known})") from None

@@ -167,6 +167,9 @@ def test_query_runs_sql_over_the_catalog(world):
                                       {"content_type": "text/plain", "n": 1, "bytes": len(TXT)}]
     table = run("storage", "query", sql, *args).stdout.splitlines()
     assert table[0].split() == ["content_type", "n", "bytes"] and table[1].split() == ["image/png", "1", str(len(PNG))]
+    many = run("storage", "query", "SELECT * FROM range(10001)", "--json", *args)
+    assert many.returncode == 0 and len(json.loads(many.stdout)) == 10_000
+    assert "only the first 10000 rows are shown" in many.stderr
     bad = run("storage", "query", "SELECT * FROM mailboxes", *args)
     assert bad.returncode == 2 and "mailboxes" in bad.stderr and "blobs, refs" in bad.stderr and bad.stdout == ""
 

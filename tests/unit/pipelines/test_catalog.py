@@ -91,6 +91,8 @@ def test_a_query_runs_duckdb_sql_over_the_tables_it_names(config):
     cols, rows = query(config, "SELECT uid FROM refs GROUP BY uid, attachment_id HAVING sum(delta) > 0 ORDER BY 1")
     assert rows == [("alice",), ("bob",), ("carol",), ("dave",)]
     assert query(config, "SELECT count(*) FROM collected") == (["count_star()"], [(0,)])
+    _, rows = query(config, "SELECT * FROM range(10)", max_rows=4)
+    assert rows == [(0,), (1,), (2,), (3,), (4,)]  # one more than asked: there are more
 
 
 @pytest.mark.parametrize("sql, words", [("SELECT nope FROM blobs", "nope"), ("SELECT * FROM mail", "mail"),
